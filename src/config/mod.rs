@@ -1,0 +1,325 @@
+//! Configuration: the TOML schema of DESIGN.md §9, environment overrides and
+//! validation. Every error names the key it is about and how to fix it.
+
+mod load;
+mod types;
+mod validate;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, Origin};
+pub use types::{Cidr, Duration, ListenAddr, PathGlob};
+
+use types::string_or_list;
+
+pub use validate::upstream_url as validate_upstream_url;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub public: PublicConfig,
+    pub upstream: UpstreamConfig,
+    pub routing: RoutingConfig,
+    pub primary: PrimaryConfig,
+    pub cluster: ClusterConfig,
+    pub litefs: LitefsConfig,
+    pub consistency: ConsistencyConfig,
+    pub admin: AdminConfig,
+    pub hooks: HooksConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub name: String,
+    pub witness: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            name: default_node_name(),
+            witness: false,
+        }
+    }
+}
+
+/// `$FLY_MACHINE_ID`, else the kernel's hostname, as DESIGN §9 says.
+fn default_node_name() -> String {
+    if let Ok(id) = std::env::var("FLY_MACHINE_ID") {
+        if !id.is_empty() {
+            return id;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "litegate".to_owned())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicConfig {
+    pub listen: ListenAddr,
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<Cidr>,
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// A client must send its whole request head within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// Requests whose head is larger are answered 431.
+    pub max_header_bytes: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for PublicConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr(([0, 0, 0, 0], 8080).into()),
+            trusted_proxies: Vec::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub connect_timeout: Duration,
+    /// From sending the request to the app's response head.
+    pub timeout: Duration,
+    /// Requests in flight to the app at once; more wait their turn.
+    pub max_concurrency: usize,
+    pub pool_idle_timeout: Duration,
+    /// How often the app's port is probed for `/readyz` and `upstream_up`.
+    pub health_interval: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8000".to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(60),
+            max_concurrency: 1024,
+            pool_idle_timeout: Duration::from_secs(90),
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnReplica {
+    #[default]
+    Forward,
+    FlyReplay,
+    Redirect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub on_replica: OnReplica,
+    #[serde(deserialize_with = "string_or_list")]
+    pub primary_paths: Vec<PathGlob>,
+    #[serde(deserialize_with = "string_or_list")]
+    pub local_paths: Vec<PathGlob>,
+    pub primary_wait: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            on_replica: OnReplica::Forward,
+            primary_paths: Vec::new(),
+            local_paths: Vec::new(),
+            primary_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryMode {
+    Dev,
+    Static,
+    #[default]
+    Raft,
+    Litefs,
+}
+
+impl PrimaryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrimaryMode::Dev => "dev",
+            PrimaryMode::Static => "static",
+            PrimaryMode::Raft => "raft",
+            PrimaryMode::Litefs => "litefs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrimaryConfig {
+    pub mode: PrimaryMode,
+    #[serde(rename = "static")]
+    pub static_primary: String,
+}
+
+impl Default for PrimaryConfig {
+    fn default() -> Self {
+        Self {
+            mode: PrimaryMode::Raft,
+            static_primary: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u64,
+    pub name: String,
+    pub cluster: String,
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub listen: ListenAddr,
+    pub data_dir: PathBuf,
+    pub secret_file: String,
+    pub tls_ca: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub insecure: bool,
+    pub heartbeat: Duration,
+    pub election_timeout: [Duration; 2],
+    pub peers: Vec<Peer>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr(([0, 0, 0, 0], 7070).into()),
+            data_dir: PathBuf::from("/var/lib/litegate"),
+            secret_file: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            insecure: false,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: [Duration::from_millis(150), Duration::from_millis(300)],
+            peers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LitefsConfig {
+    pub mount: String,
+    pub api: String,
+    pub db: String,
+}
+
+impl Default for LitefsConfig {
+    fn default() -> Self {
+        Self {
+            mount: String::new(),
+            api: "http://127.0.0.1:20202".to_owned(),
+            db: "db.sqlite3".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    #[default]
+    Primary,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    pub wait_timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            wait_timeout: Duration::from_secs(5),
+            on_timeout: OnTimeout::Primary,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: ListenAddr,
+    pub token_file: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr(([127, 0, 0, 1], 9191).into()),
+            token_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    pub role_file: String,
+    pub on_promote: String,
+    pub on_demote: String,
+}
+
+impl Config {
+    /// The configuration `litegate dev` runs with: one node, no file.
+    pub fn dev(upstream: &str, listen: ListenAddr, admin: ListenAddr) -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        config.primary.mode = PrimaryMode::Dev;
+        config.upstream.url = upstream.to_owned();
+        config.public.listen = listen;
+        config.admin.listen = admin;
+        validate::validate(&config, &Origin::Flags)?;
+        Ok(config)
+    }
+
+    /// Reads `path`, applies `LITEGATE_<SECTION>_<KEY>` overrides from `env`
+    /// and validates the result.
+    pub fn load(
+        path: &std::path::Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        load::load(path, env)
+    }
+
+    /// The effective configuration as TOML, for `litegate check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config types always serialize to TOML")
+    }
+}

@@ -1,0 +1,12 @@
+//! litegate: a write-forwarding reverse proxy for apps whose database has one
+//! writer and many read replicas. DESIGN.md is the contract;
+//! `src/proxy/README.md` walks through the life of a request.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod primary;
+pub mod proxy;
+pub mod shutdown;

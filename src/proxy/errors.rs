@@ -1,0 +1,99 @@
+//! Every way a proxied request can fail, classified by where the fault lies
+//! and whether the request may be sent again, and turned into the response a
+//! client sees — in this one place (DESIGN §7).
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::{self, BoxError, ProxyBody};
+use super::headers::LITEGATE_ERROR;
+
+/// Which side of the proxy a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we will not pass on.
+    Downstream,
+    /// The app (or the peer that fronts it) failed.
+    Upstream,
+    /// litegate itself cannot route the request right now.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the app could not be reached: {0}")]
+    UpstreamUnreachable(#[source] BoxError),
+    #[error("the app did not answer within {}", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
+    #[error("the app's response failed: {0}")]
+    UpstreamBroken(#[source] BoxError),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request head of {size} bytes is over the limit of {limit}")]
+    HeadersTooLarge { size: usize, limit: usize },
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamBroken(_) => Side::Upstream,
+            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
+        }
+    }
+
+    /// True only when no byte of the request can have reached an app, so
+    /// sending it again cannot apply a write twice (DESIGN §2).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProxyError::UpstreamUnreachable(_))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// The machine-readable `Litegate-Error` value.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => "upstream",
+            ProxyError::UpstreamTimeout(_) => "timeout",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::HeadersTooLarge { .. } => "headers-too-large",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        match self.side() {
+            Side::Downstream => tracing::debug!(error = %self, "refused a client request"),
+            Side::Upstream | Side::Internal => tracing::warn!(error = %self, "request failed"),
+        }
+        // The body names the problem, never the internals behind it.
+        let text = match &self {
+            ProxyError::UpstreamUnreachable(_) => {
+                "502 bad gateway: the app is unreachable\n".to_owned()
+            }
+            ProxyError::UpstreamBroken(_) => {
+                "502 bad gateway: the app's response failed\n".to_owned()
+            }
+            other => format!("{} {}\n", other.status().as_u16(), other),
+        };
+        let mut resp = Response::new(body::full(text));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(LITEGATE_ERROR, HeaderValue::from_static(self.code()));
+        resp
+    }
+}
