@@ -37,9 +37,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         other => return Err(NodeError::ModeNotAvailable(other.as_str())),
     };
     let primary_watch = primary.watch();
-    metrics::set_is_primary(true);
 
     let prometheus = metrics::install().map_err(NodeError::Setup)?;
+    metrics::set_is_primary(primary_watch.current().role == crate::primary::Role::Primary);
     let (trigger, stop) = shutdown::channel();
     shutdown::on_signals(trigger)
         .map_err(|e| NodeError::Setup(format!("cannot install signal handlers: {e}")))?;

@@ -1,0 +1,174 @@
+"""Starting real processes for tests: litegate, uvicorn apps. Every process
+is stopped at teardown, every wait is bounded, every port is picked free on
+loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+INTEGRATION = ROOT / "integration"
+
+
+def litegate_bin() -> Path:
+    path = Path(os.environ.get("LITEGATE_BIN", ROOT / "target" / "release" / "litegate"))
+    if not path.exists():
+        raise RuntimeError(f"{path} does not exist: run `cargo build --release` (scripts/test does)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: "Proc | None" = None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s" + (f":\n{proc.output()}" if proc else ""))
+
+
+class Proc:
+    """A child process whose output goes to a file, for reading on failure."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None, cwd: Path | None = None):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, **(env or {})}
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=5)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(timeout=5)
+        self._log.close()
+
+    def rss_peak_kib(self) -> int:
+        """VmHWM: the most resident memory the process has ever used."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM in /proc status")
+
+
+class Procs:
+    """Everything a test started; stopped in reverse order at teardown."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.started: list[Proc] = []
+
+    def start(self, name: str, args: list[str], **kw) -> Proc:
+        proc = Proc(name, args, self.log_dir, **kw)
+        self.started.append(proc)
+        return proc
+
+    def uvicorn(self, name: str, app: str, app_dir: Path, env: dict | None = None) -> tuple[Proc, str]:
+        port = free_port()
+        proc = self.start(
+            name,
+            [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning", "--ws", "websockets"],
+            env=env,
+        )
+        wait_for_port(port, proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def litegate(self, name: str, args: list[str], env: dict | None = None) -> Proc:
+        return self.start(name, [str(litegate_bin()), *args], env=env)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
+class Node:
+    """A running litegate with its public and admin base URLs."""
+
+    def __init__(self, proc: Proc, public_port: int, admin_port: int):
+        self.proc = proc
+        self.public_port = public_port
+        self.admin_port = admin_port
+        self.url = f"http://127.0.0.1:{public_port}"
+        self.admin = f"http://127.0.0.1:{admin_port}"
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.admin}/metrics", timeout=5).text
+
+    def metric(self, line_prefix: str) -> float:
+        """The value of the first sample whose line starts with line_prefix."""
+        for line in self.metrics().splitlines():
+            if line.startswith(line_prefix):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def start_dev(procs: Procs, upstream: str, name: str = "node-a") -> Node:
+    public, admin = free_port(), free_port()
+    proc = procs.litegate(
+        name,
+        ["dev", "--upstream", upstream, "--listen", f"127.0.0.1:{public}", "--admin", f"127.0.0.1:{admin}",
+         "--name", name],
+    )
+    wait_for_port(public, proc)
+    wait_for_port(admin, proc)
+    return Node(proc, public, admin)
+
+
+def start_with_config(procs: Procs, toml_text: str, name: str = "node-a", env: dict | None = None) -> Node:
+    """Runs `litegate run` with toml_text; the listeners come from environment
+    overrides, on free ports."""
+    public, admin = free_port(), free_port()
+    path = procs.log_dir / f"{name}.toml"
+    path.write_text(toml_text)
+    full_env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{public}", "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                "LITEGATE_NODE_NAME": name, **(env or {})}
+    proc = procs.litegate(name, ["run", "--config", str(path)], env=full_env)
+    wait_for_port(public, proc)
+    wait_for_port(admin, proc)
+    return Node(proc, public, admin)
+
+
+def header_values(echo: dict, name: str) -> list[str]:
+    return [v for k, v in echo["headers"] if k == name]
