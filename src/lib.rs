@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod node;
 pub mod primary;

@@ -49,6 +49,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Nodes on loopback in front of a built-in demo app, to see litegate work.
+    Demo,
     /// Show a running node's role, primary, peers and upstream health.
     Status {
         /// The node's admin listener.
@@ -89,6 +91,16 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
+        Command::Demo => {
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => return fail(&format!("cannot find the litegate executable: {e}")),
+            };
+            match runtime().block_on(litegate::demo::run(&exe)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => fail(&message),
+            }
+        }
         Command::Status { admin, json } => {
             let status = runtime().block_on(litegate::admin::client::fetch_status(&admin));
             match status {

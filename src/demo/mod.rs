@@ -1,0 +1,190 @@
+//! `litegate demo`: litegate nodes on loopback, each a real `litegate run`
+//! process in front of the built-in demo app, to see it work in a minute.
+//! Ctrl-C stops everything and removes the demo's files.
+
+mod app;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+use crate::shutdown;
+
+/// The ports the demo prefers, so its URLs are easy to type; any that are
+/// taken fall back to a free port.
+const FIRST_PUBLIC_PORT: u16 = 8081;
+const FIRST_ADMIN_PORT: u16 = 9191;
+
+struct DemoNode {
+    name: String,
+    public: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+    child: Child,
+}
+
+pub async fn run(exe: &Path) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("litegate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let result = run_in(exe, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(exe: &Path, dir: &Path) -> Result<(), String> {
+    let book = Arc::new(Mutex::new(Vec::new()));
+    let mut nodes = Vec::new();
+    let name = "node-1".to_owned();
+    let app = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the demo app: {e}"))?;
+    let app_addr = app.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(app::serve(app, name.clone(), Arc::clone(&book)));
+
+    let public = preferred_port(FIRST_PUBLIC_PORT)?;
+    let admin = preferred_port(FIRST_ADMIN_PORT)?;
+    let config = format!(
+        "[node]\nname = \"{name}\"\n\n[public]\nlisten = \"{public}\"\n\n[upstream]\nurl = \"http://{app_addr}\"\n\n\
+         [primary]\nmode = \"dev\"\n\n[admin]\nlisten = \"{admin}\"\n"
+    );
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+    let log = dir.join(format!("{name}.log"));
+    let child = spawn_node(exe, &config_path, &log)?;
+    nodes.push(DemoNode {
+        name,
+        public,
+        admin,
+        log,
+        child,
+    });
+
+    let outcome = async {
+        for node in &nodes {
+            wait_listening(node.public, &node.log).await?;
+        }
+        println!("{}", banner(&nodes, exe));
+        supervise(&mut nodes).await
+    }
+    .await;
+    for node in &mut nodes {
+        stop(&mut node.child).await;
+    }
+    outcome
+}
+
+fn spawn_node(exe: &Path, config: &Path, log: &Path) -> Result<Child, String> {
+    let log_file = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("LITEGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))
+}
+
+fn preferred_port(port: u16) -> Result<SocketAddr, String> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?;
+    listener.local_addr().map_err(|e| e.to_string())
+}
+
+async fn wait_listening(addr: SocketAddr, log: &Path) -> Result<(), String> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!(
+        "a demo node did not start listening on {addr}; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    ))
+}
+
+/// Waits for Ctrl-C or SIGTERM, and reports a node that exits by itself.
+async fn supervise(nodes: &mut [DemoNode]) -> Result<(), String> {
+    let (trigger, mut stopping) = shutdown::channel();
+    shutdown::on_signals(trigger).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stopping.begun() => {
+                println!("\nstopping the demo");
+                return Ok(());
+            }
+            _ = tick.tick() => {}
+        }
+        for node in nodes.iter_mut() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                println!(
+                    "{} exited ({status}); its log is {}. Ctrl-C ends the demo.",
+                    node.name,
+                    node.log.display()
+                );
+            }
+        }
+    }
+}
+
+/// SIGTERM first, so the node shuts down as in production; SIGKILL if it
+/// does not exit promptly.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+fn banner(nodes: &[DemoNode], exe: &Path) -> String {
+    let mut out = String::from("\nlitegate demo is running\n\n");
+    for n in nodes {
+        let _ = writeln!(
+            out,
+            "  {:<8} http://{}   (admin http://{})",
+            n.name, n.public, n.admin
+        );
+    }
+    let first = &nodes[0];
+    let exe = exe.display();
+    let _ = write!(
+        out,
+        "\nTry:\n\
+         \x20 open http://{public}/ in a browser and write something\n\
+         \x20 curl -i -d 'hello' http://{public}/entries     # a write: see Litegate-Served-By\n\
+         \x20 curl -s http://{public}/entries               # a read\n\
+         \x20 {exe} status --admin http://{admin}\n\
+         \x20 curl -s http://{admin}/metrics | grep litegate_http_requests_total\n\
+         \nNode logs: {logs}\nCtrl-C stops everything.\n",
+        public = first.public,
+        admin = first.admin,
+        logs = first
+            .log
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+    out
+}
