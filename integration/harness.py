@@ -172,3 +172,92 @@ def start_with_config(procs: Procs, toml_text: str, name: str = "node-a", env: d
 
 def header_values(echo: dict, name: str) -> list[str]:
     return [v for k, v in echo["headers"] if k == name]
+
+
+class ClusterNode(Node):
+    def __init__(self, proc: Proc, public_port: int, admin_port: int, name: str, cluster_port: int,
+                 config_path: Path, env: dict):
+        super().__init__(proc, public_port, admin_port)
+        self.name = name
+        self.cluster_port = cluster_port
+        self.config_path = config_path
+        self.env = env
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.admin}/status", timeout=5).json()
+
+
+def write_secret(directory: Path, name: str = "cluster.secret", secret: str = "s3cret-for-tests-0123456789abcdef") -> Path:
+    path = directory / name
+    path.write_text(secret + "\n")
+    return path
+
+
+def cluster_config(
+    nodes: list[dict],
+    me: dict,
+    data_dir: Path,
+    secret_file: Path | None,
+    extra: str = "",
+    tls: dict | None = None,
+) -> str:
+    peers = ",\n  ".join(
+        f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", '
+        f'public_url = "http://127.0.0.1:{n["public_port"]}" }}'
+        for n in nodes
+    )
+    secret_line = f'secret_file = "{secret_file}"\n' if secret_file else ""
+    tls_lines = "".join(f'{k} = "{v}"\n' for k, v in (tls or {}).items())
+    return (
+        f'[node]\nid = {me["id"]}\nname = "{me["name"]}"\n\n'
+        f'[upstream]\nurl = "{me["upstream"]}"\n\n'
+        f'[primary]\nmode = "static"\nstatic = "{nodes[0]["name"]}"\n\n'
+        f'[cluster]\nlisten = "127.0.0.1:{me["cluster_port"]}"\ndata_dir = "{data_dir}"\n{secret_line}{tls_lines}'
+        f"peers = [\n  {peers},\n]\n\n{extra}"
+    )
+
+
+def start_static_cluster(
+    procs: Procs,
+    upstreams: list[str],
+    extra: str = "",
+    secret: bool = True,
+    tls: dict | None = None,
+) -> list[ClusterNode]:
+    """One litegate per upstream, node-1 the initial primary. `extra` is
+    appended to every config (e.g. a [routing] section)."""
+    secret_file = write_secret(procs.log_dir) if secret else None
+    specs = [
+        {"id": i + 1, "name": f"node-{i + 1}", "upstream": up, "public_port": free_port(),
+         "admin_port": free_port(), "cluster_port": free_port()}
+        for i, up in enumerate(upstreams)
+    ]
+    nodes = []
+    for spec in specs:
+        data_dir = procs.log_dir / f"{spec['name']}-data"
+        path = procs.log_dir / f"{spec['name']}.toml"
+        path.write_text(cluster_config(specs, spec, data_dir, secret_file, extra, tls))
+        env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{spec['public_port']}",
+               "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}"}
+        proc = procs.litegate(spec["name"], ["run", "--config", str(path)], env=env)
+        nodes.append(ClusterNode(proc, spec["public_port"], spec["admin_port"], spec["name"], spec["cluster_port"],
+                                 path, env))
+    for node in nodes:
+        wait_for_port(node.public_port, node.proc)
+        wait_for_port(node.cluster_port, node.proc)
+    return nodes
+
+
+def restart(procs: Procs, node: ClusterNode) -> None:
+    """Starts a stopped node again with the same config and data dir."""
+    node.proc = procs.litegate(node.name + "-again", ["run", "--config", str(node.config_path)], env=node.env)
+    wait_for_port(node.public_port, node.proc)
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached within {timeout}s")

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod metrics;
@@ -11,3 +12,4 @@ pub mod node;
 pub mod primary;
 pub mod proxy;
 pub mod shutdown;
+pub mod tls;

@@ -49,6 +49,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Make this node the primary (static mode: the epoch goes up by one).
+    Promote {
+        /// The node's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9191")]
+        admin: String,
+        /// A file holding the admin token (admin.token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Nodes on loopback in front of a built-in demo app, to see litegate work.
     Demo,
     /// Show a running node's role, primary, peers and upstream health.
@@ -98,6 +107,28 @@ fn main() -> ExitCode {
             };
             match runtime().block_on(litegate::demo::run(&exe)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(message) => fail(&message),
+            }
+        }
+        Command::Promote { admin, token_file } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_owned()),
+                Err(e) => return fail(&format!("cannot read --token-file: {e}")),
+            };
+            match runtime().block_on(litegate::admin::client::promote(&admin, token.as_deref())) {
+                Ok(r) => {
+                    println!(
+                        "{} is the primary at term {}",
+                        r["primary"].as_str().unwrap_or("?"),
+                        r["term"]
+                    );
+                    if let Some(missed) = r["not_told"].as_array().filter(|m| !m.is_empty()) {
+                        println!(
+                            "not told yet (they catch up within a second of answering): {missed:?}"
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(message) => fail(&message),
             }
         }

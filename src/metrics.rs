@@ -14,6 +14,9 @@ pub const OPEN_CONNECTIONS: &str = "litegate_open_connections";
 pub const UPSTREAM_UP: &str = "litegate_upstream_up";
 pub const IS_PRIMARY: &str = "litegate_is_primary";
 pub const BUILD_INFO: &str = "litegate_build_info";
+pub const FORWARD_DURATION_SECONDS: &str = "litegate_forward_duration_seconds";
+pub const FORWARD_RETRIES_TOTAL: &str = "litegate_forward_retries_total";
+pub const PRIMARY_CHANGES_TOTAL: &str = "litegate_primary_changes_total";
 
 /// From a loopback round trip (~50 µs) to a slow page (a minute).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -26,6 +29,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub enum Route {
     /// Served by this node's app.
     Local,
+    /// Streamed to the primary's litegate and served by its app.
+    Forwarded,
+    /// Answered `409 fly-replay` for Fly.io's edge to replay.
+    Replayed,
+    /// Answered `307` to the primary's public URL.
+    Redirected,
     /// Refused by litegate before any app saw it.
     Rejected,
 }
@@ -34,6 +43,9 @@ impl Route {
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Local => "local",
+            Route::Forwarded => "forwarded",
+            Route::Replayed => "replayed",
+            Route::Redirected => "redirected",
             Route::Rejected => "rejected",
         }
     }
@@ -62,6 +74,19 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_histogram!(
+        FORWARD_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from forwarding a write to the primary's response head."
+    );
+    describe_counter!(
+        FORWARD_RETRIES_TOTAL,
+        "Forwarded writes sent again because nothing of them reached an app (unreachable or 421 not-primary)."
+    );
+    describe_counter!(
+        PRIMARY_CHANGES_TOTAL,
+        "Times this node's view of the primary changed."
+    );
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
         "Requests answered, by class, route and status class."
@@ -106,4 +131,16 @@ pub fn set_upstream_up(up: bool) {
 
 pub fn set_is_primary(primary: bool) {
     gauge!(IS_PRIMARY).set(if primary { 1.0 } else { 0.0 });
+}
+
+pub fn record_forward(elapsed: Duration) {
+    histogram!(FORWARD_DURATION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn count_forward_retry() {
+    counter!(FORWARD_RETRIES_TOTAL).increment(1);
+}
+
+pub fn count_primary_change() {
+    counter!(PRIMARY_CHANGES_TOTAL).increment(1);
 }

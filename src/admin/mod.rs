@@ -1,5 +1,6 @@
 //! The admin listener (DESIGN §6): health, readiness, role, status and
-//! metrics for operators and orchestrators. Loopback by default.
+//! metrics for operators and orchestrators, and the operator's actions.
+//! Loopback by default.
 
 pub mod client;
 
@@ -13,23 +14,57 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, PrimaryMode};
-use crate::primary::{PrimaryWatch, Role};
+use crate::cluster::client::PeerClient;
+use crate::cluster::peers::PeerTable;
+use crate::config::{AdminConfig, Config, PrimaryMode};
+use crate::primary::{PrimarySource, Role};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::health::UpstreamHealth;
 use crate::shutdown::Shutdown;
 
+pub struct ClusterAdmin {
+    pub peers: Arc<PeerTable>,
+    pub client: PeerClient,
+}
+
 pub struct AdminState {
     pub config: Arc<Config>,
-    pub primary: PrimaryWatch,
+    pub source: Arc<PrimarySource>,
     pub health: Arc<UpstreamHealth>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
+    pub cluster: Option<ClusterAdmin>,
+    /// Required as `Authorization: Bearer …` on POST endpoints when set.
+    pub token: Option<String>,
+}
+
+/// Reads `admin.token_file`; refuses an admin listener reachable from other
+/// hosts that would let anyone promote a node.
+pub fn load_token(config: &AdminConfig) -> Result<Option<String>, String> {
+    if config.token_file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config.token_file).map_err(|e| {
+        format!(
+            "config key `admin.token_file`: cannot read {}: {e}",
+            config.token_file
+        )
+    })?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(format!(
+            "config key `admin.token_file`: {} is empty",
+            config.token_file
+        ));
+    }
+    Ok(Some(token))
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -45,7 +80,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            async move { Ok::<_, Infallible>(answer(&state, &req, loopback).await) }
         });
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -59,78 +94,156 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
     }
 }
 
-fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
-    }
-    let primary = state.primary.current();
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            let mut problems = Vec::new();
-            if !state.health.is_up() {
-                problems.push("the app does not accept connections");
-            }
-            if state.config.primary.mode != PrimaryMode::Dev && primary.primary.is_none() {
-                problems.push("no primary is known");
-            }
-            if problems.is_empty() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("not ready: {}\n", problems.join("; ")),
-                )
-            }
-        }
-        "/primary" => match primary.role {
-            Role::Primary => text(StatusCode::OK, "primary\n"),
-            _ => text(StatusCode::SERVICE_UNAVAILABLE, "not the primary\n"),
+async fn answer(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    loopback: bool,
+) -> Response<ProxyBody> {
+    let primary = state.source.watch().current();
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/promote") => match authorize(state, req, loopback) {
+            Err((status, why)) => text(status, why),
+            Ok(()) => promote(state).await,
         },
-        "/replica" => match (primary.role, &primary.primary) {
-            (Role::Replica, Some(p)) => text(StatusCode::OK, &format!("replica of {p}\n")),
+        (&Method::GET | &Method::HEAD, path) => match path {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                let mut problems = Vec::new();
+                if !state.health.is_up() {
+                    problems.push("the app does not accept connections");
+                }
+                if state.config.primary.mode != PrimaryMode::Dev && primary.primary.is_none() {
+                    problems.push("no primary is known");
+                }
+                if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {}\n", problems.join("; ")))
+                }
+            }
+            "/primary" => match primary.role {
+                Role::Primary => text(StatusCode::OK, "primary\n"),
+                _ => text(StatusCode::SERVICE_UNAVAILABLE, "not the primary\n"),
+            },
+            "/replica" => match (primary.role, &primary.primary) {
+                (Role::Replica, Some(p)) => text(StatusCode::OK, &format!("replica of {p}\n")),
+                _ => text(StatusCode::SERVICE_UNAVAILABLE, "not a replica with a known primary\n"),
+            },
+            "/status" => json_response(StatusCode::OK, &status(state)),
+            "/metrics" => {
+                let mut resp = Response::new(body::full(state.metrics.render()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
             _ => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not a replica with a known primary\n",
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz /readyz /primary /replica /status /metrics, or POST /promote\n",
             ),
         },
-        "/status" => {
-            let c = &state.config;
-            let status = json!({
-                "node": c.node.name,
-                "id": c.node.id,
-                "mode": c.primary.mode.as_str(),
-                "role": primary.role.as_str(),
-                "term": primary.term,
-                "primary": primary.primary.as_deref(),
-                "peers": c.cluster.peers.iter().map(|p| json!({
-                    "id": p.id, "name": p.name, "cluster": p.cluster, "public_url": p.public_url,
-                })).collect::<Vec<_>>(),
-                "upstream": { "url": c.upstream.url, "up": state.health.is_up() },
-                "position": null,
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_seconds": state.started.elapsed().as_secs(),
-            });
-            let mut resp = Response::new(body::full(format!("{status:#}\n")));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        "/metrics" => {
-            let mut resp = Response::new(body::full(state.metrics.render()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /primary /replica /status /metrics\n",
-        ),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote\n"),
     }
+}
+
+fn status(state: &AdminState) -> serde_json::Value {
+    let c = &state.config;
+    let primary = state.source.watch().current();
+    let peers: Vec<_> = c
+        .cluster
+        .peers
+        .iter()
+        .map(|p| {
+            let seen = state.cluster.as_ref().map(|cl| cl.peers.status(&p.name));
+            json!({
+                "id": p.id,
+                "name": p.name,
+                "cluster": p.cluster,
+                "public_url": p.public_url,
+                "self": p.name == c.node.name,
+                "reachable": if p.name == c.node.name { Some(true) } else { seen.as_ref().map(|s| s.reachable) },
+                "term": seen.as_ref().and_then(|s| s.epoch),
+                "primary": seen.as_ref().and_then(|s| s.primary.clone()),
+                "last_error": seen.as_ref().and_then(|s| s.last_error.clone()),
+            })
+        })
+        .collect();
+    json!({
+        "node": c.node.name,
+        "id": c.node.id,
+        "mode": c.primary.mode.as_str(),
+        "role": primary.role.as_str(),
+        "term": primary.term,
+        "primary": primary.primary.as_deref(),
+        "peers": peers,
+        "upstream": { "url": c.upstream.url, "up": state.health.is_up() },
+        "position": null,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    })
+}
+
+/// POSTs change who takes writes: with a token configured it is always
+/// required; without one, only a loopback admin listener accepts them.
+fn authorize(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    loopback: bool,
+) -> Result<(), (StatusCode, &'static str)> {
+    match &state.token {
+        Some(token) => {
+            let sent = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if bool::from(sent.as_bytes().ct_eq(token.as_bytes())) {
+                Ok(())
+            } else {
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    "send the admin token as `Authorization: Bearer <token>`\n",
+                ))
+            }
+        }
+        None if loopback => Ok(()),
+        None => Err((
+            StatusCode::FORBIDDEN,
+            "this admin listener is not on loopback: set admin.token_file to allow POST actions\n",
+        )),
+    }
+}
+
+async fn promote(state: &AdminState) -> Response<ProxyBody> {
+    let (PrimarySource::Static(source), Some(cluster)) = (&*state.source, &state.cluster) else {
+        return text(
+            StatusCode::CONFLICT,
+            "promote moves a static primary; this node is not in static mode\n",
+        );
+    };
+    // Start above every epoch any reachable peer has seen.
+    let seen = cluster.peers.poll_all(&cluster.client, &state.source).await;
+    let epoch = match source.promote(seen) {
+        Ok(epoch) => epoch,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    };
+    let unreachable = cluster.peers.announce(&cluster.client, &epoch).await;
+    json_response(
+        StatusCode::OK,
+        &json!({ "primary": epoch.primary, "term": epoch.epoch, "not_told": unreachable }),
+    )
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(format!("{value:#}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body_text: &str) -> Response<ProxyBody> {

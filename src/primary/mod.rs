@@ -3,12 +3,42 @@
 //! the latest value.
 
 mod dev;
+mod static_primary;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
 pub use dev::DevPrimary;
+pub use static_primary::{Epoch, StaticPrimary};
+
+/// The node's source of truth for who the primary is, one per `primary.mode`.
+#[derive(Debug)]
+pub enum PrimarySource {
+    Dev(DevPrimary),
+    Static(StaticPrimary),
+}
+
+impl PrimarySource {
+    pub fn watch(&self) -> PrimaryWatch {
+        match self {
+            PrimarySource::Dev(d) => d.watch(),
+            PrimarySource::Static(s) => s.watch(),
+        }
+    }
+
+    /// A peer told us the primary is `primary` at `term` (a `421` answer,
+    /// an announcement, a poll). Sources that can check it take it.
+    pub fn observe(&self, term: u64, primary: &str) {
+        if let PrimarySource::Static(s) = self {
+            s.adopt(&Epoch {
+                epoch: term,
+                primary: primary.to_owned(),
+            });
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -50,5 +80,14 @@ impl PrimaryWatch {
 
     pub fn current(&self) -> PrimaryState {
         self.0.borrow().clone()
+    }
+
+    /// Waits until the state changes or `deadline` passes; false if it
+    /// passed (or the source is gone).
+    pub async fn changed_before(&mut self, deadline: Instant) -> bool {
+        matches!(
+            tokio::time::timeout_at(deadline.into(), self.0.changed()).await,
+            Ok(Ok(()))
+        )
     }
 }

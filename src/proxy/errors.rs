@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::{self, BoxError, ProxyBody};
-use super::headers::LITEGATE_ERROR;
+use super::headers::{LITEGATE_ERROR, LITEGATE_PRIMARY, LITEGATE_TERM};
 
 /// Which side of the proxy a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,17 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the app's response failed: {0}")]
     UpstreamBroken(#[source] BoxError),
+    #[error("the primary's litegate could not be reached: {0}")]
+    PeerUnreachable(#[source] BoxError),
+    #[error("no primary is known; writes were held for {}", humantime::format_duration(*.waited))]
+    NoPrimary { waited: Duration },
+    #[error("the primary changed while this write was being sent; no app received it")]
+    PrimaryMovedMidSend,
+    /// Answered to a peer that sent a write here under a stale view.
+    #[error("this node is not the primary at term {term}")]
+    NotPrimary { term: u64, primary: Option<String> },
+    #[error("cluster request not authenticated")]
+    Unauthorized,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("request head of {size} bytes is over the limit of {limit}")]
@@ -40,14 +51,24 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBroken(_) => Side::Upstream,
+            ProxyError::PeerUnreachable(_) => Side::Upstream,
             ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
+            ProxyError::NoPrimary { .. }
+            | ProxyError::PrimaryMovedMidSend
+            | ProxyError::NotPrimary { .. }
+            | ProxyError::Unauthorized => Side::Internal,
         }
     }
 
     /// True only when no byte of the request can have reached an app, so
     /// sending it again cannot apply a write twice (DESIGN §2).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProxyError::UpstreamUnreachable(_))
+        matches!(
+            self,
+            ProxyError::UpstreamUnreachable(_)
+                | ProxyError::PeerUnreachable(_)
+                | ProxyError::NotPrimary { .. }
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -56,6 +77,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::PeerUnreachable(_)
+            | ProxyError::NoPrimary { .. }
+            | ProxyError::PrimaryMovedMidSend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
@@ -66,6 +92,11 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => "upstream",
             ProxyError::UpstreamTimeout(_) => "timeout",
+            ProxyError::PeerUnreachable(_)
+            | ProxyError::NoPrimary { .. }
+            | ProxyError::PrimaryMovedMidSend => "no-primary",
+            ProxyError::NotPrimary { .. } => "not-primary",
+            ProxyError::Unauthorized => "unauthorized",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::HeadersTooLarge { .. } => "headers-too-large",
         }
@@ -74,6 +105,9 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         match self.side() {
             Side::Downstream => tracing::debug!(error = %self, "refused a client request"),
+            Side::Internal if matches!(self, ProxyError::NotPrimary { .. }) => {
+                tracing::debug!(error = %self, "refused a forwarded write")
+            }
             Side::Upstream | Side::Internal => tracing::warn!(error = %self, "request failed"),
         }
         // The body names the problem, never the internals behind it.
@@ -94,6 +128,20 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(LITEGATE_ERROR, HeaderValue::from_static(self.code()));
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // An election or a promote settles within a second or two.
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::NotPrimary { term, primary } = &self {
+            // The sender re-resolves from this view and sends again.
+            h.insert(LITEGATE_TERM, HeaderValue::from(*term));
+            if let Some(p) = primary
+                .as_deref()
+                .and_then(|p| HeaderValue::from_str(p).ok())
+            {
+                h.insert(LITEGATE_PRIMARY, p);
+            }
+        }
         resp
     }
 }

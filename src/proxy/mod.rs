@@ -1,5 +1,6 @@
 //! The request path. `README.md` beside this file walks through a request's
-//! life in order; [`Proxy::handle`] is where it happens.
+//! life in order; [`Proxy::handle`] (client requests) and
+//! [`Proxy::handle_forwarded`] (writes a peer sends us) are where it happens.
 
 pub mod body;
 pub mod classify;
@@ -7,19 +8,25 @@ pub mod client;
 pub mod errors;
 pub mod headers;
 pub mod health;
+mod redirect;
+mod replay_body;
 pub mod server;
 mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
-use crate::config::{Cidr, Config};
+use crate::cluster::client::PeerClient;
+use crate::cluster::peers::PeerTable;
+use crate::config::{Cidr, Config, OnReplica};
 use crate::metrics::{self, Route};
-use crate::primary::{PrimaryWatch, Role};
+use crate::primary::{PrimarySource, PrimaryState, PrimaryWatch, Role};
 
 use body::ProxyBody;
 use classify::{Class, Classifier};
@@ -27,6 +34,14 @@ use client::UpstreamClient;
 use errors::ProxyError;
 use headers::{ForwardedFor, LITEGATE_PRIMARY, LITEGATE_ROLE, LITEGATE_SERVED_BY, LITEGATE_TERM};
 use health::UpstreamHealth;
+use replay_body::ReplayBody;
+
+/// How long a write waits between tries while the primary is unreachable
+/// or moving (bounded overall by `routing.primary_wait`).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+const LITEGATE_FORWARDED_BY: http::HeaderName =
+    http::HeaderName::from_static("litegate-forwarded-by");
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -37,14 +52,41 @@ pub struct ConnInfo {
     pub trusted: bool,
 }
 
+/// How this node reaches the others (absent in dev mode).
+pub struct Cluster {
+    pub peers: Arc<PeerTable>,
+    pub client: PeerClient,
+}
+
 pub struct Proxy {
+    me: Arc<str>,
     node_name: HeaderValue,
     classifier: Classifier,
     upstream: UpstreamClient,
     health: Arc<UpstreamHealth>,
     primary: PrimaryWatch,
+    source: Arc<PrimarySource>,
+    cluster: Option<Cluster>,
+    on_replica: OnReplica,
+    primary_wait: Duration,
     trusted_proxies: Vec<Cidr>,
     max_header_bytes: usize,
+}
+
+/// A client request, checked and rewritten, ready to go to an app.
+struct Prepared {
+    class: Class,
+    needs_primary: bool,
+    parts: Parts,
+    body: ProxyBody,
+    client_version: Version,
+    client_upgrade: Option<OnUpgrade>,
+}
+
+struct Outcome {
+    class: Class,
+    route: Route,
+    result: Result<Response<ProxyBody>, ProxyError>,
 }
 
 impl Proxy {
@@ -52,79 +94,151 @@ impl Proxy {
         config: &Config,
         upstream: UpstreamClient,
         health: Arc<UpstreamHealth>,
-        primary: PrimaryWatch,
+        source: Arc<PrimarySource>,
+        cluster: Option<Cluster>,
     ) -> Result<Self, String> {
         let node_name = HeaderValue::from_str(&config.node.name).map_err(|_| {
             format!("config key `node.name`: {:?} cannot be sent in a header; use letters, digits and dashes", config.node.name)
         })?;
         Ok(Self {
+            me: Arc::from(config.node.name.as_str()),
             node_name,
             classifier: Classifier::new(&config.routing),
             upstream,
             health,
-            primary,
+            primary: source.watch(),
+            source,
+            cluster,
+            on_replica: config.routing.on_replica,
+            primary_wait: config.routing.primary_wait.get(),
             trusted_proxies: config.public.trusted_proxies.clone(),
             max_header_bytes: config.public.max_header_bytes,
         })
     }
 
-    pub fn is_trusted(&self, peer: &SocketAddr) -> bool {
-        let ip = peer.ip().to_canonical();
-        self.trusted_proxies.iter().any(|net| net.0.contains(&ip))
-    }
-
-    /// One request, start to finish. Never fails: every error becomes the
-    /// response DESIGN §7 describes.
+    /// A client request, start to finish. Never fails: every error becomes
+    /// the response DESIGN §7 describes.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (class, result) = self.route(req, conn).await;
-        let (route, mut resp) = match result {
-            Ok(resp) => (Route::Local, resp),
+        let outcome = match self.prepare(req, conn) {
+            Err((class, err)) => Outcome {
+                class,
+                route: Route::Rejected,
+                result: Err(err),
+            },
+            Ok(prepared) if !prepared.needs_primary => {
+                let class = prepared.class;
+                Outcome {
+                    class,
+                    route: Route::Local,
+                    result: self.to_app(prepared).await,
+                }
+            }
+            Ok(prepared) => self.to_primary(prepared, started).await,
+        };
+        self.finish(outcome, started)
+    }
+
+    /// A write another node's litegate forwarded here. It reaches the app
+    /// only if this node is the primary at the term the sender believes in;
+    /// otherwise `421 not-primary` tells the sender where to go.
+    pub async fn handle_forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let class = self
+            .classifier
+            .classify(req.method(), req.uri().path(), req.headers())
+            .class;
+        let sender_term = header_u64(req.headers(), &LITEGATE_TERM);
+        if let (Some(term), Some(primary)) =
+            (sender_term, header_str(req.headers(), &LITEGATE_PRIMARY))
+        {
+            self.source.observe(term, primary);
+        }
+        let state = self.primary.current();
+        let fenced_in = state.role == Role::Primary && sender_term == Some(state.term);
+        let outcome = if !fenced_in {
+            Outcome {
+                class,
+                route: Route::Rejected,
+                result: Err(ProxyError::NotPrimary {
+                    term: state.term,
+                    primary: state.primary.as_deref().map(str::to_owned),
+                }),
+            }
+        } else {
+            // The sender already stripped the client's Litegate-* and
+            // hop-by-hop headers and appended the client to
+            // X-Forwarded-For; this hop adds nothing, so the app sees the
+            // same headers whichever node the client reached.
+            let mut req = req;
+            let upgrade = headers::upgrade_protocol(req.headers());
+            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+            let client_version = req.version();
+            let (mut parts, body) = req.into_parts();
+            headers::strip_litegate(&mut parts.headers);
+            headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+            let prepared = Prepared {
+                class,
+                needs_primary: true,
+                parts,
+                body: body::stream(body),
+                client_version,
+                client_upgrade,
+            };
+            Outcome {
+                class,
+                route: Route::Local,
+                result: self.to_app(prepared).await,
+            }
+        };
+        self.finish(outcome, started)
+    }
+
+    fn finish(&self, outcome: Outcome, started: Instant) -> Response<ProxyBody> {
+        let mut resp = match outcome.result {
+            Ok(resp) => resp,
             Err(err) => {
-                let route = match err.side() {
-                    errors::Side::Downstream => Route::Rejected,
-                    _ => Route::Local,
-                };
                 if matches!(err, ProxyError::UpstreamUnreachable(_)) {
                     self.health.set(false);
                 }
-                (route, err.into_response())
+                err.into_response()
             }
         };
-        resp.headers_mut()
-            .insert(LITEGATE_SERVED_BY, self.node_name.clone());
+        // A forwarded response already names the primary that served it.
+        if outcome.route != Route::Forwarded || !resp.headers().contains_key(LITEGATE_SERVED_BY) {
+            resp.headers_mut()
+                .insert(LITEGATE_SERVED_BY, self.node_name.clone());
+        }
         metrics::record_request(
-            class.as_str(),
-            route,
+            outcome.class.as_str(),
+            outcome.route,
             resp.status().as_u16(),
             started.elapsed(),
         );
         resp
     }
 
-    /// Steps 2–6 of the lifecycle: check, classify, rewrite, send, answer.
-    async fn route(
+    /// Classify, check, and rewrite a client request (lifecycle steps 2–4).
+    fn prepare(
         &self,
         mut req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> (Class, Result<Response<ProxyBody>, ProxyError>) {
+    ) -> Result<Prepared, (Class, ProxyError)> {
         let classification =
             self.classifier
                 .classify(req.method(), req.uri().path(), req.headers());
         let class = classification.class;
 
-        let size = headers::head_size(
-            req.headers(),
-            req.uri().path_and_query().map_or(1, |pq| pq.as_str().len()),
-        );
+        let uri_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+        let size = headers::head_size(req.headers(), uri_len);
         if size > self.max_header_bytes {
-            return (
+            return Err((
                 class,
-                Err(ProxyError::HeadersTooLarge {
+                ProxyError::HeadersTooLarge {
                     size,
                     limit: self.max_header_bytes,
-                }),
-            );
+                },
+            ));
         }
 
         // The app must see the Host the client asked for, byte for byte;
@@ -137,24 +251,21 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         if host.is_none() && req.version() == Version::HTTP_11 {
-            return (
+            return Err((
                 class,
-                Err(ProxyError::BadRequest(
-                    "HTTP/1.1 requests need a Host header",
-                )),
-            );
+                ProxyError::BadRequest("HTTP/1.1 requests need a Host header"),
+            ));
         }
 
         let client_upgrade = classification
             .upgrade
             .is_some()
             .then(|| hyper::upgrade::on(&mut req));
-
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         headers::strip_litegate(h);
-        headers::strip_hop_by_hop(h, classification.upgrade.clone());
+        headers::strip_hop_by_hop(h, classification.upgrade);
         ForwardedFor {
             client: conn.peer.ip().to_canonical(),
             trusted: conn.trusted,
@@ -165,47 +276,278 @@ impl Proxy {
         if let Some(host) = host {
             h.insert(header::HOST, host);
         }
-        self.stamp_role(h);
+        Ok(Prepared {
+            class,
+            needs_primary: classification.needs_primary,
+            parts,
+            body: body::stream(body),
+            client_version,
+            client_upgrade,
+        })
+    }
 
+    /// Sends a prepared request to this node's app (lifecycle steps 5–6).
+    async fn to_app(&self, prepared: Prepared) -> Result<Response<ProxyBody>, ProxyError> {
+        let Prepared {
+            mut parts,
+            body,
+            client_version,
+            client_upgrade,
+            ..
+        } = prepared;
+        stamp_role(&mut parts.headers, &self.primary.current());
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body::stream(body));
-
-        let mut resp = match self.upstream.send(upstream_req).await {
-            Ok(resp) => resp,
-            Err(err) => return (class, Err(err)),
-        };
-
-        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let carried_upgrade = if upgraded {
-            resp.headers().get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        if let (true, Some(client_upgrade)) = (upgraded, client_upgrade) {
-            upgrade::bridge(client_upgrade, hyper::upgrade::on(&mut resp));
-        }
-        headers::strip_hop_by_hop(resp.headers_mut(), carried_upgrade);
-        // Answer in the client's protocol, not the app's (an HTTP/1.0 app
-        // must not turn a keep-alive client connection into a closing one).
-        *resp.version_mut() = client_version;
-        (class, Ok(resp.map(body::stream)))
+        let resp = self.upstream.send(Request::from_parts(parts, body)).await?;
+        Ok(relay(resp, client_upgrade, client_version))
     }
 
-    /// Tells the app what this node is, so primary-only work can check.
-    fn stamp_role(&self, h: &mut http::HeaderMap) {
-        let state = self.primary.current();
-        match state.role {
-            Role::Primary => {
-                h.insert(LITEGATE_ROLE, HeaderValue::from_static("primary"));
-                h.insert(LITEGATE_TERM, HeaderValue::from(state.term));
+    /// A request only the primary's app may serve: here if this node is the
+    /// primary, else forwarded, replayed or redirected. While no primary is
+    /// known, or the primary is unreachable or moving, it is held — up to
+    /// `routing.primary_wait` from its arrival — and never sent twice to an
+    /// app: a retry happens only when nothing of it can have reached one.
+    async fn to_primary(&self, mut prepared: Prepared, started: Instant) -> Outcome {
+        let class = prepared.class;
+        let deadline = started + self.primary_wait;
+        let no_primary = |route| Outcome {
+            class,
+            route,
+            result: Err(ProxyError::NoPrimary {
+                waited: self.primary_wait,
+            }),
+        };
+        let mut watch = self.primary.clone();
+        // Created at the first forward; from then on every try sends its
+        // body through it.
+        let mut replay: Option<ReplayBody> = None;
+        let mut tries = 0u32;
+        loop {
+            let state = watch.current();
+            let target = match (state.role, state.primary.as_deref()) {
+                (Role::Primary, _) => {
+                    if let Some(replay) = &replay {
+                        if !replay.can_replay() {
+                            return Outcome {
+                                class,
+                                route: Route::Rejected,
+                                result: Err(ProxyError::PrimaryMovedMidSend),
+                            };
+                        }
+                        prepared.body = replay.attempt();
+                    }
+                    return Outcome {
+                        class,
+                        route: Route::Local,
+                        result: self.to_app(prepared).await,
+                    };
+                }
+                (_, Some(name)) if *name != *self.me => name.to_owned(),
+                _ => {
+                    if !watch.changed_before(deadline).await {
+                        return no_primary(Route::Rejected);
+                    }
+                    continue;
+                }
+            };
+            let (Some(cluster), Some(peer)) = (
+                &self.cluster,
+                self.cluster.as_ref().and_then(|c| c.peers.get(&target)),
+            ) else {
+                tracing::warn!(primary = %target, "the primary is not in cluster.peers");
+                return no_primary(Route::Rejected);
+            };
+            let path_and_query = prepared
+                .parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str());
+            match self.on_replica {
+                OnReplica::FlyReplay => {
+                    return Outcome {
+                        class,
+                        route: Route::Replayed,
+                        result: Ok(redirect::fly_replay(&target)),
+                    }
+                }
+                OnReplica::Redirect => {
+                    return Outcome {
+                        class,
+                        route: Route::Redirected,
+                        result: Ok(redirect::to_primary(&peer.public_url, path_and_query)),
+                    }
+                }
+                OnReplica::Forward => {}
             }
-            Role::Replica | Role::Unknown => {
-                h.insert(LITEGATE_ROLE, HeaderValue::from_static("replica"));
-                if let Some(primary) = state.primary.and_then(|p| HeaderValue::from_str(&p).ok()) {
-                    h.insert(LITEGATE_PRIMARY, primary);
+
+            let replay = replay.get_or_insert_with(|| {
+                ReplayBody::new(std::mem::replace(&mut prepared.body, body::empty()))
+            });
+            if tries > 0 {
+                if !replay.can_replay() {
+                    return Outcome {
+                        class,
+                        route: Route::Rejected,
+                        result: Err(ProxyError::PrimaryMovedMidSend),
+                    };
+                }
+                metrics::count_forward_retry();
+            }
+            tries += 1;
+            let req = match self.forwarded_request(
+                &prepared.parts,
+                cluster,
+                &peer.cluster,
+                &state,
+                &target,
+                replay,
+            ) {
+                Ok(req) => req,
+                Err(err) => {
+                    return Outcome {
+                        class,
+                        route: Route::Rejected,
+                        result: Err(err),
+                    }
+                }
+            };
+            let sent = Instant::now();
+            match cluster.client.send(req).await {
+                Ok(resp) if is_not_primary(&resp) => {
+                    // Refused by the peer's litegate before its app saw it:
+                    // learn its view of the primary, then try again.
+                    if let (Some(term), Some(primary)) = (
+                        header_u64(resp.headers(), &LITEGATE_TERM),
+                        header_str(resp.headers(), &LITEGATE_PRIMARY),
+                    ) {
+                        self.source.observe(term, primary);
+                    }
+                    tracing::debug!(peer = %target, "the peer is not the primary at our term; re-resolving");
+                }
+                Ok(resp) => {
+                    metrics::record_forward(sent.elapsed());
+                    let client_upgrade = prepared.client_upgrade.take();
+                    return Outcome {
+                        class,
+                        route: Route::Forwarded,
+                        result: Ok(relay(resp, client_upgrade, prepared.client_version)),
+                    };
+                }
+                Err(ProxyError::PeerUnreachable(error)) => {
+                    // Connecting failed: not a byte was sent.
+                    tracing::debug!(peer = %target, %error, "the primary is unreachable; holding the write");
+                }
+                Err(err) => {
+                    return Outcome {
+                        class,
+                        route: Route::Forwarded,
+                        result: Err(err),
+                    }
                 }
             }
+            if Instant::now() >= deadline {
+                return no_primary(Route::Rejected);
+            }
+            let pause = deadline.min(Instant::now() + RETRY_PAUSE);
+            watch.changed_before(pause).await;
         }
     }
+
+    /// The request as the primary's litegate receives it: the client's
+    /// rewritten head, plus the term and primary this node believes in.
+    fn forwarded_request(
+        &self,
+        parts: &Parts,
+        cluster: &Cluster,
+        peer_addr: &str,
+        state: &PrimaryState,
+        target: &str,
+        replay: &ReplayBody,
+    ) -> Result<Request<ProxyBody>, ProxyError> {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut req = Request::new(replay.attempt());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = cluster.client.uri(peer_addr, path_and_query)?;
+        *req.version_mut() = Version::HTTP_11;
+        let mut headers = parts.headers.clone();
+        headers.insert(LITEGATE_TERM, HeaderValue::from(state.term));
+        if let Ok(target) = HeaderValue::from_str(target) {
+            headers.insert(LITEGATE_PRIMARY, target);
+        }
+        headers.insert(LITEGATE_FORWARDED_BY, self.node_name.clone());
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+impl server::Handler for Proxy {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        Proxy::handle(&self, req, conn).await
+    }
+
+    fn is_trusted(&self, peer: &SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.trusted_proxies.iter().any(|net| net.0.contains(&ip))
+    }
+}
+
+/// An app's (or the primary's) response on its way to the client: joined
+/// byte for byte on `101`, hop-by-hop headers removed, in the client's
+/// HTTP version (an HTTP/1.0 app must not close a keep-alive client).
+fn relay(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    client_version: Version,
+) -> Response<ProxyBody> {
+    let carried_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            upgrade::bridge(client_upgrade, hyper::upgrade::on(&mut resp));
+        }
+        resp.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    headers::strip_hop_by_hop(resp.headers_mut(), carried_upgrade);
+    *resp.version_mut() = client_version;
+    resp.map(body::stream)
+}
+
+/// Tells the app what this node is, so primary-only work can check.
+fn stamp_role(h: &mut HeaderMap, state: &PrimaryState) {
+    match state.role {
+        Role::Primary => {
+            h.insert(LITEGATE_ROLE, HeaderValue::from_static("primary"));
+            h.insert(LITEGATE_TERM, HeaderValue::from(state.term));
+        }
+        Role::Replica | Role::Unknown => {
+            h.insert(LITEGATE_ROLE, HeaderValue::from_static("replica"));
+            if let Some(primary) = state
+                .primary
+                .as_deref()
+                .and_then(|p| HeaderValue::from_str(p).ok())
+            {
+                h.insert(LITEGATE_PRIMARY, primary);
+            }
+        }
+    }
+}
+
+fn is_not_primary<B>(resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::MISDIRECTED_REQUEST
+        && resp
+            .headers()
+            .get(headers::LITEGATE_ERROR)
+            .is_some_and(|v| v == "not-primary")
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_u64(h: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
+    header_str(h, name).and_then(|v| v.parse().ok())
 }

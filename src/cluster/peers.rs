@@ -1,0 +1,157 @@
+//! What this node knows of its peers: their cluster address, public URL,
+//! and — from polling them every second — whether they answer and which
+//! epoch they are at. A newer epoch heard this way is adopted, so a node
+//! that missed an announcement catches up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde::Serialize;
+
+use crate::config::Peer;
+use crate::primary::{Epoch, PrimarySource};
+use crate::shutdown::Shutdown;
+
+use super::client::PeerClient;
+
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerStatus {
+    pub reachable: bool,
+    pub epoch: Option<u64>,
+    pub primary: Option<String>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub last_seen: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct PeerTable {
+    pub me: String,
+    pub peers: Vec<Peer>,
+    status: RwLock<HashMap<String, PeerStatus>>,
+}
+
+impl PeerTable {
+    pub fn new(me: &str, peers: &[Peer]) -> Self {
+        Self {
+            me: me.to_owned(),
+            peers: peers.to_vec(),
+            status: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    pub fn others(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(move |p| p.name != self.me)
+    }
+
+    pub fn status(&self, name: &str) -> PeerStatus {
+        self.status
+            .read()
+            .map(|s| s.get(name).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, name: &str, result: Result<Epoch, String>) {
+        let Ok(mut table) = self.status.write() else {
+            return;
+        };
+        let entry = table.entry(name.to_owned()).or_default();
+        match result {
+            Ok(epoch) => {
+                *entry = PeerStatus {
+                    reachable: true,
+                    epoch: Some(epoch.epoch),
+                    primary: Some(epoch.primary),
+                    last_error: None,
+                    last_seen: Some(Instant::now()),
+                };
+            }
+            Err(error) => {
+                entry.reachable = false;
+                entry.last_error = Some(error);
+            }
+        }
+    }
+
+    /// Asks every peer for its epoch now; used by promote to start above
+    /// every epoch in the cluster.
+    pub async fn poll_all(&self, client: &PeerClient, source: &PrimarySource) -> Vec<u64> {
+        let mut polls = tokio::task::JoinSet::new();
+        for peer in self.others() {
+            let (client, name, addr) = (client.clone(), peer.name.clone(), peer.cluster.clone());
+            polls.spawn(async move {
+                let result = client
+                    .control::<Epoch>(&addr, Method::GET, "/_litegate/epoch", None::<&()>)
+                    .await;
+                (name, result)
+            });
+        }
+        let mut epochs = Vec::new();
+        while let Some(Ok((name, result))) = polls.join_next().await {
+            if let Ok(epoch) = &result {
+                source.observe(epoch.epoch, &epoch.primary);
+                epochs.push(epoch.epoch);
+            }
+            self.record(&name, result);
+        }
+        epochs
+    }
+
+    pub fn spawn_poller(
+        self: &Arc<Self>,
+        client: PeerClient,
+        source: Arc<PrimarySource>,
+        mut shutdown: Shutdown,
+    ) {
+        let table = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.begun() => return,
+                }
+                table.poll_all(&client, &source).await;
+            }
+        });
+    }
+
+    /// Tells every peer about a new epoch; returns the names that did not
+    /// take the message (they catch up by polling).
+    pub async fn announce(&self, client: &PeerClient, epoch: &Epoch) -> Vec<String> {
+        let mut sends = tokio::task::JoinSet::new();
+        for peer in self.others() {
+            let (client, name, addr, epoch) = (
+                client.clone(),
+                peer.name.clone(),
+                peer.cluster.clone(),
+                epoch.clone(),
+            );
+            sends.spawn(async move {
+                let result = client
+                    .control::<Epoch>(&addr, Method::POST, "/_litegate/epoch", Some(&epoch))
+                    .await;
+                (name, result)
+            });
+        }
+        let mut missed = Vec::new();
+        while let Some(Ok((name, result))) = sends.join_next().await {
+            if let Err(error) = &result {
+                tracing::warn!(peer = %name, %error, "could not announce the new epoch");
+                missed.push(name.clone());
+            }
+            self.record(&name, result);
+        }
+        missed.sort();
+        missed
+    }
+}

@@ -1,0 +1,103 @@
+//! The cluster listener's routes. Every request is authenticated first (the
+//! shared secret here; mutual TLS already during the handshake) and an
+//! unauthenticated one never reaches an app.
+//!
+//! - `GET /_litegate/epoch`: this node's view of the primary (static mode).
+//! - `POST /_litegate/epoch`: a peer announces a new epoch.
+//! - anything else: a write forwarded by a peer, fenced in
+//!   [`Proxy::handle_forwarded`].
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::primary::{Epoch, PrimarySource};
+use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::errors::ProxyError;
+use crate::proxy::server::Handler;
+use crate::proxy::{ConnInfo, Proxy};
+
+use super::auth::SharedSecret;
+
+pub struct ClusterService {
+    pub proxy: Arc<Proxy>,
+    pub source: Arc<PrimarySource>,
+    pub secret: Option<SharedSecret>,
+}
+
+impl Handler for ClusterService {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        if let Some(secret) = &self.secret {
+            if !secret.verify(req.headers()) {
+                tracing::warn!(peer = %conn.peer, path = req.uri().path(), "refused an unauthenticated cluster request");
+                return ProxyError::Unauthorized.into_response();
+            }
+        }
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/_litegate/epoch") => self.epoch(),
+            (&Method::POST, "/_litegate/epoch") => self.announced(req).await,
+            (_, path) if path.starts_with("/_litegate/") => {
+                plain(StatusCode::NOT_FOUND, "no such cluster endpoint\n")
+            }
+            _ => self.proxy.handle_forwarded(req).await,
+        }
+    }
+}
+
+impl ClusterService {
+    fn epoch(&self) -> Response<ProxyBody> {
+        match &*self.source {
+            PrimarySource::Static(s) => json(&s.current()),
+            PrimarySource::Dev(_) => {
+                plain(StatusCode::NOT_FOUND, "no epochs outside static mode\n")
+            }
+        }
+    }
+
+    async fn announced(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let bytes = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "announcement too large or cut short\n",
+                )
+            }
+        };
+        match serde_json::from_slice::<Epoch>(&bytes) {
+            Ok(seen) => {
+                self.source.observe(seen.epoch, &seen.primary);
+                self.epoch()
+            }
+            Err(e) => plain(
+                StatusCode::BAD_REQUEST,
+                &format!("not an epoch announcement: {e}\n"),
+            ),
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(text.to_owned()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
