@@ -28,16 +28,19 @@ def test_demo_serves_reads_and_writes_and_cleans_up(tmp_path):
                 break
         text = "".join(banner)
         urls = re.findall(r"(node-\d+)\s+(http://127\.0\.0\.1:\d+)\s+\(admin (http://127\.0\.0\.1:\d+)\)", text)
-        assert urls, text
-        name, public, admin = urls[0]
+        assert [u[0] for u in urls] == ["node-1", "node-2", "node-3"], text
+        _, replica, replica_admin = urls[1]
 
-        write = httpx.post(f"{public}/entries", content="hello demo", headers={"content-type": "text/plain"})
+        # A write through a replica is served by the primary's app.
+        write = httpx.post(f"{replica}/entries", content="hello demo", headers={"content-type": "text/plain"})
         assert write.status_code == 201, write.text
-        assert write.json()["served_by"] == write.headers["litegate-served-by"]
-        entries = httpx.get(f"{public}/entries").json()["entries"]
-        assert [e["text"] for e in entries] == ["hello demo"]
-        assert "hello demo" in httpx.get(f"{public}/").text
-        assert httpx.get(f"{admin}/status").json()["node"] == name
+        assert write.json()["served_by"] == "node-1" == write.headers["litegate-served-by"]
+        read = httpx.get(f"{replica}/entries")
+        assert read.json()["served_by"] == "node-2"
+        assert [e["text"] for e in read.json()["entries"]] == ["hello demo"]
+        assert "hello demo" in httpx.get(f"{replica}/").text
+        status = httpx.get(f"{replica_admin}/status").json()
+        assert (status["node"], status["role"], status["primary"]) == ("node-2", "replica", "node-1")
         assert any(Path(tmp_path).glob("litegate-demo-*"))
     finally:
         proc.send_signal(signal.SIGINT)

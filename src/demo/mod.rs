@@ -1,6 +1,7 @@
-//! `litegate demo`: litegate nodes on loopback, each a real `litegate run`
-//! process in front of the built-in demo app, to see it work in a minute.
-//! Ctrl-C stops everything and removes the demo's files.
+//! `litegate demo`: three litegate nodes on loopback with a static primary,
+//! each a real `litegate run` process in front of its own instance of the
+//! built-in demo app, to see write forwarding work in a minute. Ctrl-C stops
+//! everything and removes the demo's files.
 
 mod app;
 
@@ -20,6 +21,8 @@ use crate::shutdown;
 /// taken fall back to a free port.
 const FIRST_PUBLIC_PORT: u16 = 8081;
 const FIRST_ADMIN_PORT: u16 = 9191;
+const FIRST_CLUSTER_PORT: u16 = 7071;
+const NODES: usize = 3;
 
 struct DemoNode {
     name: String,
@@ -38,32 +41,66 @@ pub async fn run(exe: &Path) -> Result<(), String> {
 }
 
 async fn run_in(exe: &Path, dir: &Path) -> Result<(), String> {
-    let book = Arc::new(Mutex::new(Vec::new()));
-    let mut nodes = Vec::new();
-    let name = "node-1".to_owned();
-    let app = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot start the demo app: {e}"))?;
-    let app_addr = app.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(app::serve(app, name.clone(), Arc::clone(&book)));
+    let book: app::Book = Arc::new(Mutex::new(Vec::new()));
+    let secret = dir.join("cluster.secret");
+    std::fs::write(
+        &secret,
+        format!("demo-{}-{:x}\n", std::process::id(), rand_seed()),
+    )
+    .map_err(|e| e.to_string())?;
 
-    let public = preferred_port(FIRST_PUBLIC_PORT)?;
-    let admin = preferred_port(FIRST_ADMIN_PORT)?;
-    let config = format!(
-        "[node]\nname = \"{name}\"\n\n[public]\nlisten = \"{public}\"\n\n[upstream]\nurl = \"http://{app_addr}\"\n\n\
-         [primary]\nmode = \"dev\"\n\n[admin]\nlisten = \"{admin}\"\n"
-    );
-    let config_path = dir.join(format!("{name}.toml"));
-    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-    let log = dir.join(format!("{name}.log"));
-    let child = spawn_node(exe, &config_path, &log)?;
-    nodes.push(DemoNode {
-        name,
-        public,
-        admin,
-        log,
-        child,
-    });
+    // Every node's ports first: each config lists all the nodes.
+    let mut planned = Vec::new();
+    for i in 0..NODES {
+        let offset = u16::try_from(i).unwrap_or(0);
+        let app = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot start the demo app: {e}"))?;
+        planned.push((
+            format!("node-{}", i + 1),
+            app,
+            preferred_port(FIRST_PUBLIC_PORT + offset)?,
+            preferred_port(FIRST_ADMIN_PORT + offset)?,
+            preferred_port(FIRST_CLUSTER_PORT + offset)?,
+        ));
+    }
+    let peers: Vec<String> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _, public, _, cluster))| {
+            format!(
+                "  {{ id = {}, name = \"{name}\", cluster = \"{cluster}\", public_url = \"http://{public}\" }},",
+                i + 1
+            )
+        })
+        .collect();
+
+    let mut nodes = Vec::new();
+    for (i, (name, app, public, admin, cluster)) in planned.into_iter().enumerate() {
+        let app_addr = app.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(app::serve(app, name.clone(), Arc::clone(&book)));
+        let config = format!(
+            "[node]\nid = {id}\nname = \"{name}\"\n\n[public]\nlisten = \"{public}\"\n\n\
+             [upstream]\nurl = \"http://{app_addr}\"\n\n[primary]\nmode = \"static\"\nstatic = \"node-1\"\n\n\
+             [cluster]\nlisten = \"{cluster}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
+             peers = [\n{peers}\n]\n\n[admin]\nlisten = \"{admin}\"\n",
+            id = i + 1,
+            data = dir.join(format!("{name}-data")).display(),
+            secret = secret.display(),
+            peers = peers.join("\n"),
+        );
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log = dir.join(format!("{name}.log"));
+        let child = spawn_node(exe, &config_path, &log)?;
+        nodes.push(DemoNode {
+            name,
+            public,
+            admin,
+            log,
+            child,
+        });
+    }
 
     let outcome = async {
         for node in &nodes {
@@ -77,6 +114,14 @@ async fn run_in(exe: &Path, dir: &Path) -> Result<(), String> {
         stop(&mut node.child).await;
     }
     outcome
+}
+
+/// Enough to make each demo's secret differ; it guards loopback only.
+fn rand_seed() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
 fn spawn_node(exe: &Path, config: &Path, log: &Path) -> Result<Child, String> {
@@ -159,7 +204,7 @@ async fn stop(child: &mut Child) {
 }
 
 fn banner(nodes: &[DemoNode], exe: &Path) -> String {
-    let mut out = String::from("\nlitegate demo is running\n\n");
+    let mut out = String::from("\nlitegate demo: three nodes, node-1 is the primary\n\n");
     for n in nodes {
         let _ = writeln!(
             out,
@@ -167,24 +212,23 @@ fn banner(nodes: &[DemoNode], exe: &Path) -> String {
             n.name, n.public, n.admin
         );
     }
-    let first = &nodes[0];
+    let (first, second) = (&nodes[0], &nodes[1]);
     let exe = exe.display();
     let _ = write!(
         out,
         "\nTry:\n\
-         \x20 open http://{public}/ in a browser and write something\n\
-         \x20 curl -i -d 'hello' http://{public}/entries     # a write: see Litegate-Served-By\n\
-         \x20 curl -s http://{public}/entries               # a read\n\
-         \x20 {exe} status --admin http://{admin}\n\
-         \x20 curl -s http://{admin}/metrics | grep litegate_http_requests_total\n\
+         \x20 open http://{replica}/ and write something: the page is served by node-2's app,\n\
+         \x20   the write by node-1's (the primary)\n\
+         \x20 curl -si -d 'hello' http://{replica}/entries | grep -i served-by   # a write via a replica\n\
+         \x20 curl -s http://{replica}/entries                                  # a read, served locally\n\
+         \x20 {exe} promote --admin http://{replica_admin}                   # node-2 becomes the primary\n\
+         \x20 {exe} status --admin http://{primary_admin}\n\
+         \x20 curl -s http://{replica_admin}/metrics | grep litegate_http_requests_total\n\
          \nNode logs: {logs}\nCtrl-C stops everything.\n",
-        public = first.public,
-        admin = first.admin,
-        logs = first
-            .log
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        replica = second.public,
+        replica_admin = second.admin,
+        primary_admin = first.admin,
+        logs = first.log.parent().map(|p| p.display().to_string()).unwrap_or_default(),
     );
     out
 }
