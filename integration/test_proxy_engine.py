@@ -237,3 +237,23 @@ def test_routing_rules_classify_requests(procs, upstream):
         expected[cls] = expected.get(cls, 0) + 1
     for cls, count in expected.items():
         assert node.metric(f'litegate_http_requests_total{{class="{cls}",route="local",code="2xx"}}') == count, cls
+
+
+def test_slow_request_head_is_cut_off(procs, upstream):
+    node = start_with_config(
+        procs, f'[primary]\nmode = "dev"\n[upstream]\nurl = "{upstream}"\n[public]\nheader_read_timeout = "300ms"\n'
+    )
+    with socket.create_connection(("127.0.0.1", node.public_port), timeout=10) as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: slow\r\n")  # and never the blank line
+        # litegate closes the connection (with or without a 408); the bound
+        # on this read is only there so a failure cannot hang the suite.
+        received = b""
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            received += data
+    assert b"x-forwarded" not in received.lower(), "the request reached the app"
+    assert not received or received.startswith(b"HTTP/1.1 408"), received[:200]
+    # A normal request on a new connection still works.
+    assert httpx.get(f"{node.url}/echo").status_code == 200
