@@ -261,3 +261,72 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> Non
             return
         time.sleep(0.05)
     raise TimeoutError(f"{what} not reached within {timeout}s")
+
+
+class LiteFS:
+    """The LiteFS stand-in (fixtures/litefs_standin.py) for a set of nodes."""
+
+    def __init__(self, procs: Procs, names: list[str], db: str = "db.sqlite3", lag_ms: dict | None = None):
+        self.db = db
+        self.control_port = free_port()
+        self.control = f"http://127.0.0.1:{self.control_port}"
+        self.mounts = {n: procs.log_dir / f"litefs-{n}" for n in names}
+        self.api_ports = {n: free_port() for n in names}
+        args = [sys.executable, str(INTEGRATION / "fixtures" / "litefs_standin.py"), "--control",
+                str(self.control_port), "--db", db, "--primary", names[0]]
+        for n in names:
+            args += ["--node", f"{n}={self.mounts[n]}:{self.api_ports[n]}"]
+        for n, ms in (lag_ms or {}).items():
+            args += ["--lag", f"{n}={ms}"]
+        self.proc = procs.start("litefs-standin", args)
+        wait_for_port(self.control_port, self.proc)
+
+    def api(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.api_ports[name]}"
+
+    def post(self, action: str, **params) -> None:
+        r = httpx.post(f"{self.control}/{action}", params=params, timeout=10)
+        r.raise_for_status()
+
+    def state(self) -> dict:
+        return httpx.get(f"{self.control}/state", timeout=10).json()
+
+    def app_env(self, name: str, app: str, app_dir: Path) -> dict:
+        """Env for an app under the commit barrier, on this node's mount."""
+        return {"STANDIN_APP": app, "STANDIN_APP_DIR": str(app_dir), "STANDIN_CONTROL": self.control,
+                "STANDIN_NODE": name, "APP_DB": str(self.mounts[name] / self.db), "APP_NODE": f"app-{name[-1]}"}
+
+
+def start_litefs_cluster(
+    procs: Procs,
+    litefs: LiteFS,
+    upstreams: list[str],
+    mode: str = "litefs",
+    extra: str = "",
+) -> list[ClusterNode]:
+    """One litegate per node of `litefs`, following it (mode "litefs"), or
+    any other mode with read-your-writes from its mount."""
+    names = list(litefs.mounts)
+    secret_file = write_secret(procs.log_dir)
+    specs = [
+        {"id": i + 1, "name": n, "upstream": up, "public_port": free_port(), "admin_port": free_port(),
+         "cluster_port": free_port()}
+        for i, (n, up) in enumerate(zip(names, upstreams))
+    ]
+    nodes = []
+    for spec in specs:
+        name = spec["name"]
+        text = cluster_config(specs, spec, procs.log_dir / f"{name}-data", secret_file,
+                              extra + f'\n[litefs]\nmount = "{litefs.mounts[name]}"\napi = "{litefs.api(name)}"\n'
+                                      f'db = "{litefs.db}"\n')
+        text = text.replace('mode = "static"', f'mode = "{mode}"')
+        path = procs.log_dir / f"{name}.toml"
+        path.write_text(text)
+        env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{spec['public_port']}",
+               "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}"}
+        proc = procs.litegate(name, ["run", "--config", str(path)], env=env)
+        nodes.append(ClusterNode(proc, spec["public_port"], spec["admin_port"], name, spec["cluster_port"], path, env))
+    for node in nodes:
+        wait_for_port(node.public_port, node.proc)
+        wait_for_port(node.cluster_port, node.proc)
+    return nodes

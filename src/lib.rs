@@ -6,7 +6,9 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod consistency;
 pub mod demo;
+pub mod litefs;
 pub mod metrics;
 pub mod node;
 pub mod primary;

@@ -17,6 +17,8 @@ pub const BUILD_INFO: &str = "litegate_build_info";
 pub const FORWARD_DURATION_SECONDS: &str = "litegate_forward_duration_seconds";
 pub const FORWARD_RETRIES_TOTAL: &str = "litegate_forward_retries_total";
 pub const PRIMARY_CHANGES_TOTAL: &str = "litegate_primary_changes_total";
+pub const CONSISTENCY_WAIT_SECONDS: &str = "litegate_consistency_wait_seconds";
+pub const CONSISTENCY_WAIT_TIMEOUTS_TOTAL: &str = "litegate_consistency_wait_timeouts_total";
 
 /// From a loopback round trip (~50 µs) to a slow page (a minute).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,6 +76,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_histogram!(
+        CONSISTENCY_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long reads with a __txid cookie waited for this replica to catch up."
+    );
+    describe_counter!(
+        CONSISTENCY_WAIT_TIMEOUTS_TOTAL,
+        "Reads whose __txid this replica did not reach within consistency.wait_timeout."
+    );
     describe_histogram!(
         FORWARD_DURATION_SECONDS,
         Unit::Seconds,
@@ -143,4 +154,11 @@ pub fn count_forward_retry() {
 
 pub fn count_primary_change() {
     counter!(PRIMARY_CHANGES_TOTAL).increment(1);
+}
+
+pub fn record_consistency_wait(elapsed: Duration, reached: bool) {
+    histogram!(CONSISTENCY_WAIT_SECONDS).record(elapsed.as_secs_f64());
+    if !reached {
+        counter!(CONSISTENCY_WAIT_TIMEOUTS_TOTAL).increment(1);
+    }
 }

@@ -15,8 +15,10 @@ use crate::cluster::client::PeerClient;
 use crate::cluster::peers::PeerTable;
 use crate::cluster::server::ClusterService;
 use crate::config::{validate_upstream_url, Config, PrimaryMode};
+use crate::consistency::Position;
+use crate::litefs::{self, Watcher};
 use crate::metrics;
-use crate::primary::{DevPrimary, PrimarySource, Role, StaticPrimary};
+use crate::primary::{DevPrimary, LitefsLease, PrimarySource, Role, StaticPrimary};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
 use crate::proxy::server::Listener;
@@ -27,7 +29,7 @@ use crate::tls::{self, MutualTls};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(
-        "primary.mode = \"{0}\" is not available in this build yet; use \"static\" or \"dev\""
+        "primary.mode = \"{0}\" is not available in this build yet; use \"static\", \"litefs\" or \"dev\""
     )]
     ModeNotAvailable(&'static str),
     #[error("cannot listen on {addr} (config key `{key}`): {source}")]
@@ -69,9 +71,45 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
                 &config.primary.static_primary,
             )?)
         }
+        PrimaryMode::Litefs => {
+            let names: HashSet<String> = config
+                .cluster
+                .peers
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
+            PrimarySource::Litefs(Arc::new(LitefsLease::new(me, names)))
+        }
         other => return Err(NodeError::ModeNotAvailable(other.as_str())),
     });
     metrics::set_is_primary(source.watch().current().role == Role::Primary);
+
+    // Read-your-writes wherever LiteFS runs, and the LiteFS lease in litefs
+    // mode: one watcher follows LiteFS for both.
+    let position = Position::from_config(&config);
+    if let Some(position) = &position {
+        position.spawn_poller(stop.clone());
+    }
+    if !config.litefs.mount.is_empty() {
+        let api = config.litefs.api.parse().map_err(|_| {
+            format!(
+                "config key `litefs.api`: {:?} is not a URL",
+                config.litefs.api
+            )
+        })?;
+        let lease = match &*source {
+            PrimarySource::Litefs(lease) => Some(Arc::clone(lease) as Arc<dyn Watcher>),
+            _ => None,
+        };
+        litefs::spawn_watcher(
+            api,
+            config.litefs.mount.clone().into(),
+            config.litefs.db.clone(),
+            lease,
+            position.clone(),
+            stop.clone(),
+        );
+    }
 
     let target = validate_upstream_url(&config.upstream.url)?;
     let upstream = UpstreamClient::new(&config.upstream, &target);
@@ -121,6 +159,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             peers: Arc::clone(peers),
             client: client.clone(),
         }),
+        position,
     )?);
 
     let public_tls = (!config.public.tls_cert.is_empty())

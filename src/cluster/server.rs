@@ -51,13 +51,20 @@ impl Handler for ClusterService {
 }
 
 impl ClusterService {
+    /// This node's view of the primary: the static epoch, or in other
+    /// modes the current term and primary (peers use it to see who answers).
     fn epoch(&self) -> Response<ProxyBody> {
-        match &*self.source {
-            PrimarySource::Static(s) => json(&s.current()),
-            PrimarySource::Dev(_) => {
-                plain(StatusCode::NOT_FOUND, "no epochs outside static mode\n")
+        let view = match &*self.source {
+            PrimarySource::Static(s) => s.current(),
+            other => {
+                let state = other.watch().current();
+                Epoch {
+                    epoch: state.term,
+                    primary: state.primary.as_deref().unwrap_or_default().to_owned(),
+                }
             }
-        }
+        };
+        json(&view)
     }
 
     async fn announced(&self, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -48,6 +48,21 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
         return err("node.name", "must not be empty".into());
     }
 
+    if !c.litefs.mount.is_empty() {
+        let api: Result<http::Uri, _> = c.litefs.api.parse();
+        if !matches!(api.as_ref().map(|u| u.scheme_str()), Ok(Some("http"))) {
+            return err(
+                "litefs.api",
+                format!("{:?} is not LiteFS's API URL: write http://HOST:PORT, e.g. \"http://127.0.0.1:20202\"", c.litefs.api),
+            );
+        }
+        if c.litefs.db.is_empty() || c.litefs.db.contains('/') {
+            return err(
+                "litefs.db",
+                "the database's file name in the LiteFS mount, e.g. \"db.sqlite3\"".into(),
+            );
+        }
+    }
     if c.primary.mode == PrimaryMode::Dev {
         return Ok(());
     }

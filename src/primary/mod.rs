@@ -3,6 +3,7 @@
 //! the latest value.
 
 mod dev;
+mod litefs_lease;
 mod static_primary;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 pub use dev::DevPrimary;
+pub use litefs_lease::LitefsLease;
 pub use static_primary::{Epoch, StaticPrimary};
 
 /// The node's source of truth for who the primary is, one per `primary.mode`.
@@ -18,6 +20,7 @@ pub use static_primary::{Epoch, StaticPrimary};
 pub enum PrimarySource {
     Dev(DevPrimary),
     Static(StaticPrimary),
+    Litefs(Arc<LitefsLease>),
 }
 
 impl PrimarySource {
@@ -25,7 +28,20 @@ impl PrimarySource {
         match self {
             PrimarySource::Dev(d) => d.watch(),
             PrimarySource::Static(s) => s.watch(),
+            PrimarySource::Litefs(l) => l.watch(),
         }
+    }
+
+    /// Whether a write forwarded under `sender_term` may reach this node's
+    /// app now: this node must be the primary, at that term where terms are
+    /// comparable across nodes.
+    pub fn admits(&self, state: &PrimaryState, sender_term: Option<u64>) -> bool {
+        state.role == Role::Primary
+            && match self {
+                PrimarySource::Dev(_) | PrimarySource::Static(_) => sender_term == Some(state.term),
+                // LiteFS fences its own writes and has no cluster-wide term.
+                PrimarySource::Litefs(_) => true,
+            }
     }
 
     /// A peer told us the primary is `primary` at `term` (a `421` answer,

@@ -39,6 +39,8 @@ pub enum ProxyError {
     NotPrimary { term: u64, primary: Option<String> },
     #[error("cluster request not authenticated")]
     Unauthorized,
+    #[error("this replica did not catch up with your last write within {}", humantime::format_duration(*.0))]
+    ConsistencyTimeout(Duration),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("request head of {size} bytes is over the limit of {limit}")]
@@ -56,7 +58,8 @@ impl ProxyError {
             ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
             | ProxyError::NotPrimary { .. }
-            | ProxyError::Unauthorized => Side::Internal,
+            | ProxyError::Unauthorized
+            | ProxyError::ConsistencyTimeout(_) => Side::Internal,
         }
     }
 
@@ -76,7 +79,9 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::PeerUnreachable(_)
             | ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,7 +96,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => "upstream",
-            ProxyError::UpstreamTimeout(_) => "timeout",
+            ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => "timeout",
             ProxyError::PeerUnreachable(_)
             | ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend => "no-primary",

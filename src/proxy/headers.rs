@@ -10,6 +10,9 @@ pub const LITEGATE_SERVED_BY: HeaderName = HeaderName::from_static("litegate-ser
 pub const LITEGATE_ROLE: HeaderName = HeaderName::from_static("litegate-role");
 pub const LITEGATE_TERM: HeaderName = HeaderName::from_static("litegate-term");
 pub const LITEGATE_PRIMARY: HeaderName = HeaderName::from_static("litegate-primary");
+/// The primary's position after a forwarded write, for the forwarding node
+/// to turn into the client's `__txid` cookie. Never reaches a client.
+pub const LITEGATE_TXID: HeaderName = HeaderName::from_static("litegate-txid");
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -24,7 +24,8 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::cluster::client::PeerClient;
 use crate::cluster::peers::PeerTable;
-use crate::config::{Cidr, Config, OnReplica};
+use crate::config::{Cidr, Config, OnReplica, OnTimeout};
+use crate::consistency::{self, Position};
 use crate::metrics::{self, Route};
 use crate::primary::{PrimarySource, PrimaryState, PrimaryWatch, Role};
 
@@ -32,7 +33,9 @@ use body::ProxyBody;
 use classify::{Class, Classifier};
 use client::UpstreamClient;
 use errors::ProxyError;
-use headers::{ForwardedFor, LITEGATE_PRIMARY, LITEGATE_ROLE, LITEGATE_SERVED_BY, LITEGATE_TERM};
+use headers::{
+    ForwardedFor, LITEGATE_PRIMARY, LITEGATE_ROLE, LITEGATE_SERVED_BY, LITEGATE_TERM, LITEGATE_TXID,
+};
 use health::UpstreamHealth;
 use replay_body::ReplayBody;
 
@@ -67,6 +70,8 @@ pub struct Proxy {
     primary: PrimaryWatch,
     source: Arc<PrimarySource>,
     cluster: Option<Cluster>,
+    /// Read-your-writes, where `litefs.mount` is set.
+    position: Option<Arc<Position>>,
     on_replica: OnReplica,
     primary_wait: Duration,
     trusted_proxies: Vec<Cidr>,
@@ -81,6 +86,8 @@ struct Prepared {
     body: ProxyBody,
     client_version: Version,
     client_upgrade: Option<OnUpgrade>,
+    /// The client reached us over https (for the cookie's `Secure`).
+    client_https: bool,
 }
 
 struct Outcome {
@@ -96,6 +103,7 @@ impl Proxy {
         health: Arc<UpstreamHealth>,
         source: Arc<PrimarySource>,
         cluster: Option<Cluster>,
+        position: Option<Arc<Position>>,
     ) -> Result<Self, String> {
         let node_name = HeaderValue::from_str(&config.node.name).map_err(|_| {
             format!("config key `node.name`: {:?} cannot be sent in a header; use letters, digits and dashes", config.node.name)
@@ -109,6 +117,7 @@ impl Proxy {
             primary: source.watch(),
             source,
             cluster,
+            position,
             on_replica: config.routing.on_replica,
             primary_wait: config.routing.primary_wait.get(),
             trusted_proxies: config.public.trusted_proxies.clone(),
@@ -126,14 +135,7 @@ impl Proxy {
                 route: Route::Rejected,
                 result: Err(err),
             },
-            Ok(prepared) if !prepared.needs_primary => {
-                let class = prepared.class;
-                Outcome {
-                    class,
-                    route: Route::Local,
-                    result: self.to_app(prepared).await,
-                }
-            }
+            Ok(prepared) if !prepared.needs_primary => self.serve_here(prepared).await,
             Ok(prepared) => self.to_primary(prepared, started).await,
         };
         self.finish(outcome, started)
@@ -155,8 +157,7 @@ impl Proxy {
             self.source.observe(term, primary);
         }
         let state = self.primary.current();
-        let fenced_in = state.role == Role::Primary && sender_term == Some(state.term);
-        let outcome = if !fenced_in {
+        let outcome = if !self.source.admits(&state, sender_term) {
             Outcome {
                 class,
                 route: Route::Rejected,
@@ -184,11 +185,20 @@ impl Proxy {
                 body: body::stream(body),
                 client_version,
                 client_upgrade,
+                client_https: false,
             };
+            let result = self.to_app(prepared).await.map(|mut resp| {
+                // The forwarding node turns this into the client's cookie.
+                if let Some(txid) = self.position_after(class) {
+                    let hex = HeaderValue::from_str(&format!("{txid:016x}")).expect("hex is ASCII");
+                    resp.headers_mut().insert(LITEGATE_TXID, hex);
+                }
+                resp
+            });
             Outcome {
                 class,
                 route: Route::Local,
-                result: self.to_app(prepared).await,
+                result,
             }
         };
         self.finish(outcome, started)
@@ -273,6 +283,9 @@ impl Proxy {
             host: host.as_ref(),
         }
         .apply(h);
+        let client_https = h
+            .get(&headers::X_FORWARDED_PROTO)
+            .is_some_and(|p| p == "https");
         if let Some(host) = host {
             h.insert(header::HOST, host);
         }
@@ -283,7 +296,54 @@ impl Proxy {
             body: body::stream(body),
             client_version,
             client_upgrade,
+            client_https,
         })
+    }
+
+    /// A request this node's app may serve. A read that carries a `__txid`
+    /// cookie waits, on a replica, until the local replica has caught up
+    /// with that write; if it does not in time it goes to the primary (or
+    /// fails with 504, by `consistency.on_timeout`).
+    async fn serve_here(&self, prepared: Prepared) -> Outcome {
+        let class = prepared.class;
+        if let (Class::Read, Some(position)) = (class, &self.position) {
+            if let Some(target) = consistency::requested_txid(&prepared.parts.headers) {
+                let here_is_primary = self.primary.current().role == Role::Primary;
+                if !here_is_primary && !position.wait_for(target).await {
+                    return match position.on_timeout {
+                        OnTimeout::Primary => self.to_primary(prepared, Instant::now()).await,
+                        OnTimeout::Error => Outcome {
+                            class,
+                            route: Route::Rejected,
+                            result: Err(ProxyError::ConsistencyTimeout(position.wait_timeout)),
+                        },
+                    };
+                }
+            }
+        }
+        Outcome {
+            class,
+            route: Route::Local,
+            result: self.to_app(prepared).await,
+        }
+    }
+
+    /// The replication position right after this node's app served a
+    /// write, when read-your-writes is on.
+    fn position_after(&self, class: Class) -> Option<u64> {
+        if class != Class::Write {
+            return None;
+        }
+        self.position.as_ref()?.read_now()
+    }
+
+    /// Gives the client the position its write reached, so its next read on
+    /// any replica waits for it (DESIGN §3).
+    fn set_txid_cookie(&self, resp: &mut Response<ProxyBody>, txid: Option<u64>, https: bool) {
+        if let (Some(txid), Some(_)) = (txid, &self.position) {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, consistency::set_cookie(txid, https));
+        }
     }
 
     /// Sends a prepared request to this node's app (lifecycle steps 5–6).
@@ -336,10 +396,15 @@ impl Proxy {
                         }
                         prepared.body = replay.attempt();
                     }
+                    let https = prepared.client_https;
+                    let mut result = self.to_app(prepared).await;
+                    if let Ok(resp) = &mut result {
+                        self.set_txid_cookie(resp, self.position_after(class), https);
+                    }
                     return Outcome {
                         class,
                         route: Route::Local,
-                        result: self.to_app(prepared).await,
+                        result,
                     };
                 }
                 (_, Some(name)) if *name != *self.me => name.to_owned(),
@@ -427,10 +492,17 @@ impl Proxy {
                 Ok(resp) => {
                     metrics::record_forward(sent.elapsed());
                     let client_upgrade = prepared.client_upgrade.take();
+                    let mut resp = relay(resp, client_upgrade, prepared.client_version);
+                    let txid = resp.headers_mut().remove(LITEGATE_TXID).and_then(|v| {
+                        v.to_str()
+                            .ok()
+                            .and_then(|v| u64::from_str_radix(v, 16).ok())
+                    });
+                    self.set_txid_cookie(&mut resp, txid, prepared.client_https);
                     return Outcome {
                         class,
                         route: Route::Forwarded,
-                        result: Ok(relay(resp, client_upgrade, prepared.client_version)),
+                        result: Ok(resp),
                     };
                 }
                 Err(ProxyError::PeerUnreachable(error)) => {

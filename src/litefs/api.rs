@@ -1,0 +1,163 @@
+//! LiteFS's HTTP API: `/info` and the `/events` stream.
+
+use bytes::BytesMut;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use serde::Deserialize;
+
+pub type ApiClient = Client<HttpConnector, Empty<bytes::Bytes>>;
+
+/// `GET /info` (LiteFS's `NodeInfo`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeInfo {
+    #[serde(rename = "isPrimary")]
+    pub is_primary: bool,
+    #[serde(default)]
+    pub primary: PrimaryInfo,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PrimaryInfo {
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// One line of `GET /events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// First on every stream, and on every primary change.
+    Primary { is_primary: bool, hostname: String },
+    /// A transaction was applied to `db` on this node.
+    Tx { db: String, txid: u64 },
+    /// A type this version does not know; skipped.
+    Other,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    db: String,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+pub fn parse_event(line: &[u8]) -> Result<Event, String> {
+    let raw: RawEvent = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    Ok(match raw.kind.as_str() {
+        "init" | "primaryChange" => Event::Primary {
+            is_primary: raw.data["isPrimary"].as_bool().unwrap_or(false),
+            hostname: raw.data["hostname"].as_str().unwrap_or_default().to_owned(),
+        },
+        "tx" => {
+            let txid = raw.data["txID"]
+                .as_str()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or_else(|| format!("tx event without a hex txID: {}", raw.data))?;
+            Event::Tx { db: raw.db, txid }
+        }
+        _ => Event::Other,
+    })
+}
+
+pub async fn info(client: &ApiClient, api: &Uri) -> Result<NodeInfo, String> {
+    let resp = get(client, api, "/info").await?;
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| format!("LiteFS /info is not NodeInfo JSON: {e}"))
+}
+
+/// Opens `GET /events`; read it with [`EventReader`].
+pub async fn events(client: &ApiClient, api: &Uri) -> Result<EventReader, String> {
+    Ok(EventReader {
+        body: get(client, api, "/events").await?.into_body(),
+        buf: BytesMut::new(),
+    })
+}
+
+async fn get(
+    client: &ApiClient,
+    api: &Uri,
+    path: &str,
+) -> Result<http::Response<Incoming>, String> {
+    let uri: Uri = format!("{}{path}", api.to_string().trim_end_matches('/'))
+        .parse()
+        .map_err(|e| format!("bad LiteFS API URL: {e}"))?;
+    let req = Request::get(uri)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("LiteFS API unreachable: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("LiteFS API answered {} to {path}", resp.status()));
+    }
+    Ok(resp)
+}
+
+pub struct EventReader {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl EventReader {
+    /// The next event; `None` when LiteFS closes the stream.
+    pub async fn next(&mut self) -> Option<Result<Event, String>> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(end + 1);
+                let line = &line[..end];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(parse_event(line));
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_as_litefs_writes_them() {
+        assert_eq!(
+            parse_event(br#"{"type":"init","data":{"isPrimary":false,"hostname":"node-1"}}"#)
+                .unwrap(),
+            Event::Primary {
+                is_primary: false,
+                hostname: "node-1".into()
+            }
+        );
+        assert_eq!(
+            parse_event(br#"{"type":"tx","db":"db","data":{"txID":"000000000000002a","postApplyChecksum":"a1b2c3d4e5f60718","pageSize":4096,"commit":2,"timestamp":"2026-01-01T00:00:00Z"}}"#).unwrap(),
+            Event::Tx { db: "db".into(), txid: 42 }
+        );
+        assert_eq!(
+            parse_event(br#"{"type":"primaryChange","data":{"isPrimary":true}}"#).unwrap(),
+            Event::Primary {
+                is_primary: true,
+                hostname: String::new()
+            }
+        );
+        assert_eq!(parse_event(br#"{"type":"someday"}"#).unwrap(), Event::Other);
+        assert!(parse_event(b"not json").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! `primary.mode = "litefs"`: LiteFS owns the lease; litegate follows it.
+//! LiteFS hostnames are matched to `cluster.peers` by `name`.
+//!
+//! The fencing token is 0: LiteFS itself refuses writes on a node that does
+//! not hold the lease, and a forwarded write is let through only while this
+//! node's LiteFS says it is the primary.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{PrimaryState, PrimaryWatch, Role};
+use crate::litefs::{LeaseView, Watcher};
+use crate::metrics;
+
+#[derive(Debug)]
+pub struct LitefsLease {
+    me: Arc<str>,
+    names: HashSet<String>,
+    tx: watch::Sender<PrimaryState>,
+}
+
+impl LitefsLease {
+    pub fn new(me: &str, names: HashSet<String>) -> Self {
+        let (tx, _) = watch::channel(PrimaryState {
+            role: Role::Unknown,
+            term: 0,
+            primary: None,
+        });
+        metrics::set_is_primary(false);
+        Self {
+            me: Arc::from(me),
+            names,
+            tx,
+        }
+    }
+
+    pub fn watch(&self) -> PrimaryWatch {
+        PrimaryWatch::new(self.tx.subscribe())
+    }
+}
+
+impl Watcher for LitefsLease {
+    fn lease(&self, view: LeaseView, from_api: bool) {
+        let next = match view {
+            LeaseView::Primary => PrimaryState {
+                role: Role::Primary,
+                term: 0,
+                primary: Some(Arc::clone(&self.me)),
+            },
+            LeaseView::Replica(host) if self.names.contains(&host) && *host != *self.me => {
+                PrimaryState {
+                    role: Role::Replica,
+                    term: 0,
+                    primary: Some(Arc::from(host.as_str())),
+                }
+            }
+            LeaseView::Replica(host) => {
+                tracing::warn!(%host, "LiteFS names a primary that is not in cluster.peers (peers are matched by name); holding writes");
+                PrimaryState {
+                    role: Role::Unknown,
+                    term: 0,
+                    primary: None,
+                }
+            }
+            LeaseView::Unknown => PrimaryState {
+                role: Role::Unknown,
+                term: 0,
+                primary: None,
+            },
+        };
+        let changed = self.tx.send_if_modified(|state| {
+            let changed = *state != next;
+            if changed {
+                *state = next.clone();
+            }
+            changed
+        });
+        if changed {
+            tracing::info!(
+                role = next.role.as_str(),
+                primary = next.primary.as_deref().unwrap_or("-"),
+                from_api,
+                "LiteFS lease changed"
+            );
+            metrics::set_is_primary(next.role == Role::Primary);
+            metrics::count_primary_change();
+        }
+    }
+}
