@@ -88,7 +88,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     // mode: one watcher follows LiteFS for both.
     let position = Position::from_config(&config);
     if let Some(position) = &position {
-        position.spawn_poller(stop.clone());
+        position
+            .spawn_poller()
+            .map_err(|e| format!("cannot start the LiteFS position poller: {e}"))?;
     }
     if !config.litefs.mount.is_empty() {
         let api = config.litefs.api.parse().map_err(|_| {

@@ -10,19 +10,20 @@ mod cookie;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 pub use cookie::{requested_txid, set_cookie};
 
 use crate::config::{Config, OnTimeout};
 use crate::metrics;
-use crate::shutdown::Shutdown;
 
 /// How often the shared poller reads `<db>-pos` while reads wait: well
-/// under the 2 ms wake-up target, and only while someone waits.
+/// under the 2 ms wake-up target, and only while someone waits. (An OS
+/// thread, because tokio's timer cannot sleep less than a millisecond.)
 const POLL_WHILE_WAITING: Duration = Duration::from_micros(500);
 
 pub struct Position {
@@ -30,7 +31,8 @@ pub struct Position {
     db: String,
     local: watch::Sender<u64>,
     waiting: AtomicUsize,
-    someone_waits: Notify,
+    /// The poller thread, unparked when the first read starts waiting.
+    poller: OnceLock<Thread>,
     pub wait_timeout: Duration,
     pub on_timeout: OnTimeout,
 }
@@ -52,7 +54,7 @@ impl Position {
             db: config.litefs.db.clone(),
             local,
             waiting: AtomicUsize::new(0),
-            someone_waits: Notify::new(),
+            poller: OnceLock::new(),
             wait_timeout: config.consistency.wait_timeout.get(),
             on_timeout: config.consistency.on_timeout,
         }))
@@ -103,23 +105,29 @@ impl Position {
         reached
     }
 
-    /// The one poller of `<db>-pos`; it sleeps while no read waits.
-    pub fn spawn_poller(self: &Arc<Self>, mut shutdown: Shutdown) {
-        let position = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                while position.waiting.load(Ordering::Acquire) == 0 {
-                    tokio::select! {
-                        _ = position.someone_waits.notified() => {}
-                        _ = shutdown.begun() => return,
-                    }
+    /// Starts the one poller of `<db>-pos`; it parks while no read waits
+    /// and ends with the last reference to the position.
+    pub fn spawn_poller(self: &Arc<Self>) -> std::io::Result<()> {
+        let position: Weak<Self> = Arc::downgrade(self);
+        let thread = std::thread::Builder::new()
+            .name("litegate-pos-poller".to_owned())
+            .spawn(move || loop {
+                let Some(p) = position.upgrade() else { return };
+                if p.waiting.load(Ordering::Acquire) == 0 {
+                    drop(p);
+                    // Unparked by the first waiting read; a spurious wake
+                    // just loops.
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    continue;
                 }
-                if let Some(txid) = position.read_now() {
-                    position.observe(txid);
+                if let Some(txid) = p.read_now() {
+                    p.observe(txid);
                 }
-                tokio::time::sleep(POLL_WHILE_WAITING).await;
-            }
-        });
+                drop(p);
+                std::thread::sleep(POLL_WHILE_WAITING);
+            })?;
+        let _ = self.poller.set(thread.thread().clone());
+        Ok(())
     }
 }
 
@@ -128,7 +136,9 @@ struct WaitingGuard<'a>(&'a Position);
 impl<'a> WaitingGuard<'a> {
     fn enter(position: &'a Position) -> Self {
         if position.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
-            position.someone_waits.notify_one();
+            if let Some(poller) = position.poller.get() {
+                poller.unpark();
+            }
         }
         Self(position)
     }
