@@ -131,7 +131,9 @@ async fn answer(
             },
             "/status" => json_response(StatusCode::OK, &status(state)),
             "/metrics" => {
-                let mut resp = Response::new(body::full(state.metrics.render()));
+                let mut text = state.metrics.render();
+                text.push_str(&crate::metrics::render_fixed_histograms());
+                let mut resp = Response::new(body::full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ use super::ConnInfo;
 /// hyper's own limit on a request head; ours (`public.max_header_bytes`)
 /// sits below it so the 431 it causes carries `Litegate-Error`.
 const HYPER_DEFAULT_MAX_BUF: usize = 400 * 1024;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 /// What answers the requests of one listener.
 pub trait Handler: Send + Sync + 'static {
@@ -160,7 +163,11 @@ async fn serve_connection<I, H>(
 {
     let service = service_fn(move |req| {
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.handle(req, info).await) }
+        // Boxed: hyper keeps room for one service future in every
+        // connection, idle ones too; a request's future is several KB, a
+        // box is a pointer.
+        let response: BoxFuture = Box::pin(async move { Ok(handler.handle(req, info).await) });
+        response
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(conn.into_owned()).await {
