@@ -311,10 +311,22 @@ mod tests {
         h.record(Duration::from_secs(100)); // past every bound
         let mut out = String::new();
         h.render("x", &mut out);
-        assert!(out.contains("x_bucket{class=\"read\",le=\"0.0001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{class=\"read\",le=\"0.0005\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{class=\"read\",le=\"60\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{class=\"read\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{class=\"read\",le=\"0.0001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{class=\"read\",le=\"0.0005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{class=\"read\",le=\"60\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{class=\"read\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
         assert!(out.contains("x_count{class=\"read\"} 3\n"), "{out}");
         assert!(out.contains("x_sum{class=\"read\"} 100.0004\n"), "{out}");
     }

@@ -55,31 +55,21 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     shutdown::on_signals(trigger).map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let me = config.node.name.as_str();
+    let names: HashSet<String> = config
+        .cluster
+        .peers
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     let source = Arc::new(match config.primary.mode {
         PrimaryMode::Dev => PrimarySource::Dev(DevPrimary::new(me)),
-        PrimaryMode::Static => {
-            let names: HashSet<String> = config
-                .cluster
-                .peers
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
-            PrimarySource::Static(StaticPrimary::open(
-                &config.cluster.data_dir,
-                me,
-                names,
-                &config.primary.static_primary,
-            )?)
-        }
-        PrimaryMode::Litefs => {
-            let names: HashSet<String> = config
-                .cluster
-                .peers
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
-            PrimarySource::Litefs(Arc::new(LitefsLease::new(me, names)))
-        }
+        PrimaryMode::Static => PrimarySource::Static(StaticPrimary::open(
+            &config.cluster.data_dir,
+            me,
+            names,
+            &config.primary.static_primary,
+        )?),
+        PrimaryMode::Litefs => PrimarySource::Litefs(Arc::new(LitefsLease::new(me, names))),
         other => return Err(NodeError::ModeNotAvailable(other.as_str())),
     });
     metrics::set_is_primary(source.watch().current().role == Role::Primary);

@@ -102,11 +102,11 @@ async fn answer(
     let primary = state.source.watch().current();
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/promote") => match authorize(state, req, loopback) {
-            Err((status, why)) => text(status, why),
+            Err((status, why)) => body::text_response(status, why),
             Ok(()) => promote(state).await,
         },
         (&Method::GET | &Method::HEAD, path) => match path {
-            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/healthz" => body::text_response(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 let mut problems = Vec::new();
                 if !state.health.is_up() {
@@ -116,20 +116,20 @@ async fn answer(
                     problems.push("no primary is known");
                 }
                 if problems.is_empty() {
-                    text(StatusCode::OK, "ready\n")
+                    body::text_response(StatusCode::OK, "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {}\n", problems.join("; ")))
+                    body::text_response(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
                 }
             }
             "/primary" => match primary.role {
-                Role::Primary => text(StatusCode::OK, "primary\n"),
-                _ => text(StatusCode::SERVICE_UNAVAILABLE, "not the primary\n"),
+                Role::Primary => body::text_response(StatusCode::OK, "primary\n"),
+                _ => body::text_response(StatusCode::SERVICE_UNAVAILABLE, "not the primary\n"),
             },
             "/replica" => match (primary.role, &primary.primary) {
-                (Role::Replica, Some(p)) => text(StatusCode::OK, &format!("replica of {p}\n")),
-                _ => text(StatusCode::SERVICE_UNAVAILABLE, "not a replica with a known primary\n"),
+                (Role::Replica, Some(p)) => body::text_response(StatusCode::OK, format!("replica of {p}\n")),
+                _ => body::text_response(StatusCode::SERVICE_UNAVAILABLE, "not a replica with a known primary\n"),
             },
-            "/status" => json_response(StatusCode::OK, &status(state)),
+            "/status" => body::json_response(StatusCode::OK, &status(state)),
             "/metrics" => {
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_fixed_histograms());
@@ -140,12 +140,12 @@ async fn answer(
                 );
                 resp
             }
-            _ => text(
+            _ => body::text_response(
                 StatusCode::NOT_FOUND,
                 "not found; try /healthz /readyz /primary /replica /status /metrics, or POST /promote\n",
             ),
         },
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote\n"),
+        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote\n"),
     }
 }
 
@@ -220,7 +220,7 @@ fn authorize(
 
 async fn promote(state: &AdminState) -> Response<ProxyBody> {
     let (PrimarySource::Static(source), Some(cluster)) = (&*state.source, &state.cluster) else {
-        return text(
+        return body::text_response(
             StatusCode::CONFLICT,
             "promote moves a static primary; this node is not in static mode\n",
         );
@@ -229,31 +229,11 @@ async fn promote(state: &AdminState) -> Response<ProxyBody> {
     let seen = cluster.peers.poll_all(&cluster.client, &state.source).await;
     let epoch = match source.promote(seen) {
         Ok(epoch) => epoch,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        Err(e) => return body::text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
     let unreachable = cluster.peers.announce(&cluster.client, &epoch).await;
-    json_response(
+    body::json_response(
         StatusCode::OK,
         &json!({ "primary": epoch.primary, "term": epoch.epoch, "not_told": unreachable }),
     )
-}
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(format!("{value:#}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn text(status: StatusCode, body_text: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(body_text.to_owned()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

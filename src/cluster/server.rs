@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -43,7 +43,7 @@ impl Handler for ClusterService {
             (&Method::GET, "/_litegate/epoch") => self.epoch(),
             (&Method::POST, "/_litegate/epoch") => self.announced(req).await,
             (_, path) if path.starts_with("/_litegate/") => {
-                plain(StatusCode::NOT_FOUND, "no such cluster endpoint\n")
+                body::text_response(StatusCode::NOT_FOUND, "no such cluster endpoint\n")
             }
             _ => self.proxy.handle_forwarded(req).await,
         }
@@ -64,14 +64,14 @@ impl ClusterService {
                 }
             }
         };
-        json(&view)
+        body::json_response(StatusCode::OK, &view)
     }
 
     async fn announced(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let bytes = match Limited::new(req.into_body(), 4096).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
-                return plain(
+                return body::text_response(
                     StatusCode::BAD_REQUEST,
                     "announcement too large or cut short\n",
                 )
@@ -82,29 +82,10 @@ impl ClusterService {
                 self.source.observe(seen.epoch, &seen.primary);
                 self.epoch()
             }
-            Err(e) => plain(
+            Err(e) => body::text_response(
                 StatusCode::BAD_REQUEST,
-                &format!("not an epoch announcement: {e}\n"),
+                format!("not an epoch announcement: {e}\n"),
             ),
         }
     }
-}
-
-fn json<T: serde::Serialize>(value: &T) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(text.to_owned()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

@@ -125,13 +125,8 @@ impl ProxyError {
             }
             other => format!("{} {}\n", other.status().as_u16(), other),
         };
-        let mut resp = Response::new(body::full(text));
-        *resp.status_mut() = self.status();
+        let mut resp = body::text_response(self.status(), text);
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         h.insert(LITEGATE_ERROR, HeaderValue::from_static(self.code()));
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             // An election or a promote settles within a second or two.
