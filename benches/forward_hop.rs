@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{free_addr, load_runtime, round, start_litegate, start_upstream, Scratch, Totals};
+use common::{alternate, free_addr, load_runtime, start_litegate, start_upstream, Scratch};
 use http::Method;
 
 fn main() {
@@ -59,38 +57,12 @@ fn main() {
     let (primary, replica) = (nodes[0].1, nodes[1].1);
     let rt = load_runtime();
 
-    let mut warm = Totals::default();
-    rt.block_on(round(
-        primary,
-        1,
-        Duration::from_millis(500),
-        Method::POST,
-        &mut warm,
-    ));
-    rt.block_on(round(
-        replica,
-        1,
-        Duration::from_millis(500),
-        Method::POST,
-        &mut warm,
-    ));
-    let (mut direct, mut forwarded) = (Totals::default(), Totals::default());
-    for _ in 0..rounds {
-        rt.block_on(round(
-            primary,
-            1,
-            Duration::from_secs(seconds),
-            Method::POST,
-            &mut direct,
-        ));
-        rt.block_on(round(
-            replica,
-            1,
-            Duration::from_secs(seconds),
-            Method::POST,
-            &mut forwarded,
-        ));
-    }
+    let mut totals =
+        alternate(&rt, &[primary, replica], 1, seconds, rounds, &Method::POST).into_iter();
+    let (mut direct, mut forwarded) = (
+        totals.next().expect("primary"),
+        totals.next().expect("replica"),
+    );
     println!("forward_hop: POST (16-byte JSON), 1 connection, {rounds} rounds x {seconds}s per side, alternating");
     println!(
         "{:<26} {:>10} {:>9} {:>9}   rounds (req/s)",

@@ -15,7 +15,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, load_runtime, round, start_litegate, start_upstream, Totals};
+use common::{alternate, free_addr, load_runtime, start_litegate, start_upstream, Totals};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,39 +101,19 @@ fn main() {
         floor.percentile(0.99)
     );
     for conns in [1usize, 32] {
-        // A short warm-up fills the pools.
-        let mut warm = Totals::default();
-        rt.block_on(round(
-            upstream,
+        let mut totals = alternate(
+            &rt,
+            &[upstream, public],
             conns,
-            Duration::from_millis(500),
-            Method::GET,
-            &mut warm,
-        ));
-        rt.block_on(round(
-            public,
-            conns,
-            Duration::from_millis(500),
-            Method::GET,
-            &mut warm,
-        ));
-        let (mut direct, mut via) = (Totals::default(), Totals::default());
-        for _ in 0..rounds {
-            rt.block_on(round(
-                upstream,
-                conns,
-                Duration::from_secs(seconds),
-                Method::GET,
-                &mut direct,
-            ));
-            rt.block_on(round(
-                public,
-                conns,
-                Duration::from_secs(seconds),
-                Method::GET,
-                &mut via,
-            ));
-        }
+            seconds,
+            rounds,
+            &Method::GET,
+        )
+        .into_iter();
+        let (mut direct, mut via) = (
+            totals.next().expect("direct"),
+            totals.next().expect("litegate"),
+        );
         let mut summary = Vec::new();
         for (name, t) in [("direct", &mut direct), ("litegate", &mut via)] {
             let (p50, p99, rps) = (t.percentile(0.50), t.percentile(0.99), t.rps());

@@ -219,3 +219,38 @@ pub fn load_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// A short warm-up of each target, then `rounds` rounds of `seconds` each,
+/// alternating between the targets (A B A B) so drift falls on all alike.
+pub fn alternate(
+    rt: &tokio::runtime::Runtime,
+    targets: &[SocketAddr],
+    conns: usize,
+    seconds: u64,
+    rounds: u64,
+    method: &Method,
+) -> Vec<Totals> {
+    let mut warm = Totals::default();
+    for target in targets {
+        rt.block_on(round(
+            *target,
+            conns,
+            Duration::from_millis(500),
+            method.clone(),
+            &mut warm,
+        ));
+    }
+    let mut totals: Vec<Totals> = targets.iter().map(|_| Totals::default()).collect();
+    for _ in 0..rounds {
+        for (target, total) in targets.iter().zip(totals.iter_mut()) {
+            rt.block_on(round(
+                *target,
+                conns,
+                Duration::from_secs(seconds),
+                method.clone(),
+                total,
+            ));
+        }
+    }
+    totals
+}
