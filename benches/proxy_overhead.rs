@@ -18,34 +18,18 @@ use std::time::{Duration, Instant};
 use common::{alternate, free_addr, load_runtime, start_litegate, start_upstream, Totals};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A one-byte TCP echo in its own thread.
 fn start_tcp_echo() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let mut b = [0u8; 1];
-                    while stream.read_exact(&mut b).await.is_ok() {
-                        if stream.write_all(&b).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+    common::serve_on_thread(|mut stream| async move {
+        let mut b = [0u8; 1];
+        while stream.read_exact(&mut b).await.is_ok() {
+            if stream.write_all(&b).await.is_err() {
+                return;
             }
-        });
-    });
-    rx.recv().expect("echo address")
+        }
+    })
 }
 
 async fn tcp_floor(target: SocketAddr, length: Duration) -> Totals {

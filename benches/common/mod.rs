@@ -29,42 +29,47 @@ pub fn skip_unless_benchmarking() -> bool {
     std::env::args().any(|a| a == "--test" || a == "--list")
 }
 
-/// A minimal upstream: 200 with a short body, keep-alive, one thread so it
-/// leaves the other core to the proxy and the load.
-pub fn start_upstream() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
+/// Runs `serve` on its own thread with a one-thread runtime, for every
+/// connection accepted on a fresh loopback port; returns that port.
+pub fn serve_on_thread<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind upstream");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
+            while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        // Drain a write's body, as an app would.
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"hello from upstream\n",
-                        ))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(serve(stream));
             }
         });
     });
-    rx.recv().expect("upstream address")
+    addr
+}
+
+/// A minimal upstream: 200 with a short body, keep-alive, one thread so it
+/// leaves the other core to the proxy and the load.
+pub fn start_upstream() -> SocketAddr {
+    serve_on_thread(|stream| async move {
+        let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+            // Drain a write's body, as an app would.
+            let _ = req.into_body().collect().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                b"hello from upstream\n",
+            ))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    })
 }
 
 pub fn free_addr() -> SocketAddr {
