@@ -5,6 +5,7 @@ loopback."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,10 +26,26 @@ def litegate_bin() -> Path:
     return path
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, below the kernel's ephemeral range
+    (32768+ here), so a client connection made between picking it and the
+    server binding it cannot take it; never the same one twice per run."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32768)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port in 20000-32767")
 
 
 def wait_for_port(port: int, proc: "Proc | None" = None, timeout: float = 15.0) -> None:
@@ -200,18 +217,27 @@ def cluster_config(
     secret_file: Path | None,
     extra: str = "",
     tls: dict | None = None,
+    mode: str = "static",
 ) -> str:
-    peers = ",\n  ".join(
-        f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", '
-        f'public_url = "http://127.0.0.1:{n["public_port"]}" }}'
-        for n in nodes
-    )
+    def peer(n: dict) -> str:
+        if n.get("witness"):
+            return f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", witness = true }}'
+        return (f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", '
+                f'public_url = "http://127.0.0.1:{n["public_port"]}" }}')
+
+    peers = ",\n  ".join(peer(n) for n in nodes)
+    if mode == "raft":
+        primary = '[primary]\nmode = "raft"\n\n'
+    else:
+        primary = f'[primary]\nmode = "static"\nstatic = "{nodes[0]["name"]}"\n\n'
+    node_extra = "witness = true\n" if me.get("witness") else ""
+    upstream = "" if me.get("witness") else f'[upstream]\nurl = "{me["upstream"]}"\n\n'
     secret_line = f'secret_file = "{secret_file}"\n' if secret_file else ""
     tls_lines = "".join(f'{k} = "{v}"\n' for k, v in (tls or {}).items())
     return (
-        f'[node]\nid = {me["id"]}\nname = "{me["name"]}"\n\n'
-        f'[upstream]\nurl = "{me["upstream"]}"\n\n'
-        f'[primary]\nmode = "static"\nstatic = "{nodes[0]["name"]}"\n\n'
+        f'[node]\nid = {me["id"]}\nname = "{me["name"]}"\n{node_extra}\n'
+        f'{upstream}'
+        f'{primary}'
         f'[cluster]\nlisten = "127.0.0.1:{me["cluster_port"]}"\ndata_dir = "{data_dir}"\n{secret_line}{tls_lines}'
         f"peers = [\n  {peers},\n]\n\n{extra}"
     )
@@ -248,10 +274,76 @@ def start_static_cluster(
     return nodes
 
 
+def start_raft_cluster(
+    procs: Procs,
+    upstreams: list[str],
+    witnesses: int = 0,
+    extra: str = "",
+    bootstrap: bool = True,
+    node_env=None,
+) -> list[ClusterNode]:
+    """One litegate per upstream plus `witnesses` witness nodes (no app),
+    all in primary.mode = "raft"; node-1 bootstraps the cluster. Returns
+    app nodes first, then witnesses. `node_env(name)` adds environment
+    (e.g. LITEGATE_HOOKS_* overrides) per node."""
+    secret_file = write_secret(procs.log_dir)
+    specs = [
+        {"id": i + 1, "name": f"node-{i + 1}", "upstream": up, "public_port": free_port(),
+         "admin_port": free_port(), "cluster_port": free_port()}
+        for i, up in enumerate(upstreams)
+    ]
+    for w in range(witnesses):
+        specs.append({"id": len(specs) + 1, "name": f"witness-{w + 1}", "witness": True, "upstream": None,
+                      "public_port": free_port(), "admin_port": free_port(), "cluster_port": free_port()})
+    nodes = []
+    for spec in specs:
+        data_dir = procs.log_dir / f"{spec['name']}-data"
+        path = procs.log_dir / f"{spec['name']}.toml"
+        path.write_text(cluster_config(specs, spec, data_dir, secret_file, extra, mode="raft"))
+        env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{spec['public_port']}",
+               "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}",
+               **(node_env(spec["name"]) if node_env else {})}
+        args = ["run", "--config", str(path)]
+        if bootstrap and spec["id"] == 1:
+            args.append("--bootstrap")
+        proc = procs.litegate(spec["name"], args, env=env)
+        node = ClusterNode(proc, spec["public_port"], spec["admin_port"], spec["name"], spec["cluster_port"],
+                           path, env)
+        node.witness = bool(spec.get("witness"))
+        nodes.append(node)
+    for node in nodes:
+        wait_for_port(node.admin_port if node.witness else node.public_port, node.proc)
+        wait_for_port(node.cluster_port, node.proc)
+    return nodes
+
+
+def leader_of(nodes: list[ClusterNode], timeout: float = 15.0) -> ClusterNode:
+    """The app node every live node agrees is the primary, once they do."""
+    found: list[ClusterNode] = []
+
+    def agreed() -> bool:
+        views = set()
+        for n in nodes:
+            if n.proc.popen.poll() is not None:
+                continue
+            try:
+                views.add(n.status()["primary"])
+            except httpx.HTTPError:
+                return False
+        if len(views) != 1 or None in views:
+            return False
+        name = views.pop()
+        found[:] = [n for n in nodes if n.name == name]
+        return bool(found) and found[0].status()["role"] == "primary"
+
+    wait_until(agreed, timeout, "one primary agreed on by every live node")
+    return found[0]
+
+
 def restart(procs: Procs, node: ClusterNode) -> None:
     """Starts a stopped node again with the same config and data dir."""
     node.proc = procs.litegate(node.name + "-again", ["run", "--config", str(node.config_path)], env=node.env)
-    wait_for_port(node.public_port, node.proc)
+    wait_for_port(node.admin_port if getattr(node, "witness", False) else node.public_port, node.proc)
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:

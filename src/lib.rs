@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod consistency;
 pub mod demo;
+pub mod durable;
 pub mod litefs;
 pub mod metrics;
 pub mod node;

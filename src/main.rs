@@ -42,6 +42,10 @@ enum Command {
         /// The config file (or set LITEGATE_CONFIG).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Raft mode: create a new cluster from cluster.peers, on one node
+        /// only. Ignored by a node that already belongs to a cluster.
+        #[arg(long)]
+        bootstrap: bool,
     },
     /// Validate a config file and print the effective configuration.
     Check {
@@ -57,6 +61,35 @@ enum Command {
         /// A file holding the admin token (admin.token_file).
         #[arg(long)]
         token_file: Option<PathBuf>,
+    },
+    /// Raft mode: the leader hands leadership to NAME, or to the most
+    /// up-to-date app node. New writes are held meanwhile, not failed.
+    Handoff {
+        /// The node to hand off to (default: the most up-to-date app node).
+        #[arg(long)]
+        to: Option<String>,
+        /// The leader's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9191")]
+        admin: String,
+        /// A file holding the admin token (admin.token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Run CMD only on the node that is the primary (e.g. migrations).
+    /// Elsewhere it says why it skipped and exits 0.
+    Exec {
+        /// Required: run only where this node is the primary.
+        #[arg(long)]
+        if_primary: bool,
+        /// This node's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9191")]
+        admin: String,
+        /// How long to wait for a primary to be known.
+        #[arg(long, default_value = "5s")]
+        wait: litegate::config::Duration,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Nodes on loopback in front of a built-in demo app, to see litegate work.
     Demo,
@@ -82,8 +115,8 @@ fn main() -> ExitCode {
             }
             Err(message) => fail(&message),
         },
-        Command::Run { config } => match load(config) {
-            Ok(config) => run_node(config),
+        Command::Run { config, bootstrap } => match load(config) {
+            Ok(config) => run_node(config, litegate::node::RunOptions { bootstrap }),
             Err(message) => fail(&message),
         },
         Command::Dev {
@@ -96,7 +129,7 @@ fn main() -> ExitCode {
                 if let Some(name) = name {
                     config.node.name = name;
                 }
-                run_node(config)
+                run_node(config, litegate::node::RunOptions::default())
             }
             Err(e) => fail(&e.to_string()),
         },
@@ -132,6 +165,51 @@ fn main() -> ExitCode {
                 Err(message) => fail(&message),
             }
         }
+        Command::Handoff {
+            to,
+            admin,
+            token_file,
+        } => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_owned()),
+                Err(e) => return fail(&format!("cannot read --token-file: {e}")),
+            };
+            let call = litegate::admin::client::handoff(&admin, to.as_deref(), token.as_deref());
+            match runtime().block_on(call) {
+                Ok(r) => {
+                    println!(
+                        "{} handed leadership to {}",
+                        r["from"].as_str().unwrap_or("?"),
+                        r["to"].as_str().unwrap_or("?")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(message) => fail(&message),
+            }
+        }
+        Command::Exec {
+            if_primary,
+            admin,
+            wait,
+            command,
+        } => {
+            if !if_primary {
+                return fail("exec runs a command only where a condition holds: pass --if-primary");
+            }
+            let role =
+                runtime().block_on(litegate::admin::client::wait_for_role(&admin, wait.get()));
+            match role {
+                Ok(litegate::admin::client::KnownRole::Primary) => run_command(&command),
+                Ok(litegate::admin::client::KnownRole::Replica(primary)) => {
+                    println!(
+                        "litegate: skipped `{}`: this node is a replica (the primary is {primary})",
+                        command.join(" ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(message) => fail(&message),
+            }
+        }
         Command::Status { admin, json } => {
             let status = runtime().block_on(litegate::admin::client::fetch_status(&admin));
             match status {
@@ -156,10 +234,28 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
     Config::load(&path, std::env::vars()).map_err(|e| e.to_string())
 }
 
-fn run_node(config: Config) -> ExitCode {
-    match runtime().block_on(litegate::node::run(config)) {
+fn run_node(config: Config, options: litegate::node::RunOptions) -> ExitCode {
+    match runtime().block_on(litegate::node::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Runs `exec`'s command with this process's stdio; its exit code is ours.
+fn run_command(command: &[String]) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let Some((program, args)) = command.split_first() else {
+        return fail("exec: no command given after --");
+    };
+    match std::process::Command::new(program).args(args).status() {
+        Ok(status) => {
+            let code = status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Err(e) => fail(&format!("cannot run {program:?}: {e}")),
     }
 }
 
@@ -179,7 +275,12 @@ fn init_logging() {
     let filter: Targets = std::env::var("LITEGATE_LOG")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+        // openraft narrates every election at info; its warnings are enough.
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(tracing::Level::INFO)
+                .with_target("openraft", tracing::Level::WARN)
+        });
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

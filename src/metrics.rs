@@ -19,6 +19,8 @@ pub const BUILD_INFO: &str = "litegate_build_info";
 pub const FORWARD_DURATION_SECONDS: &str = "litegate_forward_duration_seconds";
 pub const FORWARD_RETRIES_TOTAL: &str = "litegate_forward_retries_total";
 pub const PRIMARY_CHANGES_TOTAL: &str = "litegate_primary_changes_total";
+pub const RAFT_TERM: &str = "litegate_raft_term";
+pub const RAFT_LAST_QUORUM_ACK_SECONDS: &str = "litegate_raft_last_quorum_ack_seconds";
 pub const CONSISTENCY_WAIT_SECONDS: &str = "litegate_consistency_wait_seconds";
 pub const CONSISTENCY_WAIT_TIMEOUTS_TOTAL: &str = "litegate_consistency_wait_timeouts_total";
 
@@ -105,6 +107,12 @@ fn describe() {
     );
     describe_gauge!(UPSTREAM_UP, "1 when the local app accepts connections.");
     describe_gauge!(IS_PRIMARY, "1 when this node's app takes writes.");
+    describe_gauge!(RAFT_TERM, "The Raft term this node is at (raft mode).");
+    describe_gauge!(
+        RAFT_LAST_QUORUM_ACK_SECONDS,
+        Unit::Seconds,
+        "On the Raft leader: seconds since a quorum last acknowledged it; -1 elsewhere."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
@@ -183,6 +191,14 @@ pub fn set_upstream_up(up: bool) {
 
 pub fn set_is_primary(primary: bool) {
     gauge!(IS_PRIMARY).set(if primary { 1.0 } else { 0.0 });
+}
+
+pub fn set_raft_term(term: u64) {
+    gauge!(RAFT_TERM).set(term as f64);
+}
+
+pub fn set_raft_last_quorum_ack(age: Option<Duration>) {
+    gauge!(RAFT_LAST_QUORUM_ACK_SECONDS).set(age.map_or(-1.0, |a| a.as_secs_f64()));
 }
 
 pub fn record_forward(elapsed: Duration) {

@@ -13,25 +13,23 @@ use crate::admin::{self, AdminState, ClusterAdmin};
 use crate::cluster::auth::SharedSecret;
 use crate::cluster::client::PeerClient;
 use crate::cluster::peers::PeerTable;
+use crate::cluster::raft;
+use crate::cluster::role_hooks;
 use crate::cluster::server::ClusterService;
 use crate::config::{validate_upstream_url, Config, PrimaryMode};
 use crate::consistency::Position;
 use crate::litefs::{self, Watcher};
 use crate::metrics;
-use crate::primary::{DevPrimary, LitefsLease, PrimarySource, Role, StaticPrimary};
+use crate::primary::{DevPrimary, LitefsLease, PrimarySource, RaftLeadership, Role, StaticPrimary};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
 use crate::proxy::server::Listener;
 use crate::proxy::{Cluster, Proxy};
-use crate::shutdown;
+use crate::shutdown::{self, Signals};
 use crate::tls::{self, MutualTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error(
-        "primary.mode = \"{0}\" is not available in this build yet; use \"static\", \"litefs\" or \"dev\""
-    )]
-    ModeNotAvailable(&'static str),
     #[error("cannot listen on {addr} (config key `{key}`): {source}")]
     Bind {
         key: &'static str,
@@ -48,11 +46,60 @@ impl From<String> for NodeError {
     }
 }
 
-pub async fn run(config: Config) -> Result<(), NodeError> {
+/// How `litegate run` was asked to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Create a new Raft cluster from `cluster.peers` if this node has
+    /// never joined one (`--bootstrap`).
+    pub bootstrap: bool,
+}
+
+/// What every clustered mode shares: the peer client and the cluster
+/// listener's authentication.
+struct ClusterParts {
+    client: PeerClient,
+    secret: Option<SharedSecret>,
+    acceptor: Option<TlsAcceptor>,
+}
+
+impl ClusterParts {
+    fn new(config: &Config) -> Result<Self, NodeError> {
+        let c = &config.cluster;
+        let secret = (!c.secret_file.is_empty())
+            .then(|| SharedSecret::load(&c.secret_file))
+            .transpose()?;
+        let mtls = (!c.tls_cert.is_empty()).then(|| MutualTls {
+            ca: c.tls_ca.clone(),
+            cert: c.tls_cert.clone(),
+            key: c.tls_key.clone(),
+        });
+        // The primary's app gets the same deadline as ours, so the primary
+        // answers 504 first; the margin covers the hop.
+        let forward_timeout = config.upstream.timeout.get() + Duration::from_secs(5);
+        let client = PeerClient::new(
+            mtls.as_ref(),
+            secret.clone(),
+            config.upstream.connect_timeout.get(),
+            forward_timeout,
+        )?;
+        let acceptor = mtls
+            .as_ref()
+            .map(|m| m.server().map(TlsAcceptor::from))
+            .transpose()?;
+        Ok(Self {
+            client,
+            secret,
+            acceptor,
+        })
+    }
+}
+
+pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let config = Arc::new(config);
     let prometheus = metrics::install()?;
     let (trigger, stop) = shutdown::channel();
-    shutdown::on_signals(trigger).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals =
+        Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let me = config.node.name.as_str();
     let names: HashSet<String> = config
@@ -61,6 +108,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         .iter()
         .map(|p| p.name.clone())
         .collect();
+    let cluster_parts = (config.primary.mode != PrimaryMode::Dev)
+        .then(|| ClusterParts::new(&config))
+        .transpose()?;
+    let mut raft_node = None;
     let source = Arc::new(match config.primary.mode {
         PrimaryMode::Dev => PrimarySource::Dev(DevPrimary::new(me)),
         PrimaryMode::Static => PrimarySource::Static(StaticPrimary::open(
@@ -70,9 +121,22 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             &config.primary.static_primary,
         )?),
         PrimaryMode::Litefs => PrimarySource::Litefs(Arc::new(LitefsLease::new(me, names))),
-        other => return Err(NodeError::ModeNotAvailable(other.as_str())),
+        PrimaryMode::Raft => {
+            let client = cluster_parts
+                .as_ref()
+                .map(|p| p.client.clone())
+                .ok_or_else(|| "raft mode needs the cluster listener".to_owned())?;
+            let node = Arc::new(raft::start(&config, client, options.bootstrap).await?);
+            let leadership = RaftLeadership::new(node.raft.clone(), &config);
+            leadership.spawn(stop.clone());
+            raft_node = Some(node);
+            PrimarySource::Raft(leadership)
+        }
     });
     metrics::set_is_primary(source.watch().current().role == Role::Primary);
+    if config.primary.mode != PrimaryMode::Dev {
+        role_hooks::spawn(&config.hooks, source.watch(), stop.clone());
+    }
 
     // Read-your-writes wherever LiteFS runs, and the LiteFS lease in litefs
     // mode: one watcher follows LiteFS for both.
@@ -104,53 +168,35 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     }
 
     let target = validate_upstream_url(&config.upstream.url)?;
-    let upstream = UpstreamClient::new(&config.upstream, &target);
+    let upstream = UpstreamClient::new(&config.upstream, &target, source.watch());
     let health = Arc::new(UpstreamHealth::default());
-    health.spawn_prober(
-        upstream.authority().to_string(),
-        config.upstream.health_interval.get(),
-        config.upstream.connect_timeout.get(),
-        stop.clone(),
-    );
-
-    let mut cluster_parts = None;
-    if config.primary.mode != PrimaryMode::Dev {
-        let c = &config.cluster;
-        let secret = (!c.secret_file.is_empty())
-            .then(|| SharedSecret::load(&c.secret_file))
-            .transpose()?;
-        let mtls = (!c.tls_cert.is_empty()).then(|| MutualTls {
-            ca: c.tls_ca.clone(),
-            cert: c.tls_cert.clone(),
-            key: c.tls_key.clone(),
-        });
-        // The primary's app gets the same deadline as ours, so the primary
-        // answers 504 first; the margin covers the hop.
-        let forward_timeout = config.upstream.timeout.get() + Duration::from_secs(5);
-        let client = PeerClient::new(
-            mtls.as_ref(),
-            secret.clone(),
+    if !config.node.witness {
+        health.spawn_prober(
+            upstream.authority().to_string(),
+            config.upstream.health_interval.get(),
             config.upstream.connect_timeout.get(),
-            forward_timeout,
-        )?;
-        let peers = Arc::new(PeerTable::new(me, &c.peers));
-        peers.spawn_poller(client.clone(), Arc::clone(&source), stop.clone());
-        let acceptor = mtls
-            .as_ref()
-            .map(|m| m.server().map(TlsAcceptor::from))
-            .transpose()?;
-        cluster_parts = Some((peers, client, secret, acceptor));
+            stop.clone(),
+        );
     }
+
+    let peers = cluster_parts.as_ref().map(|parts| {
+        let peers = Arc::new(PeerTable::new(me, &config.cluster.peers));
+        peers.spawn_poller(parts.client.clone(), Arc::clone(&source), stop.clone());
+        peers
+    });
 
     let proxy = Arc::new(Proxy::new(
         &config,
         upstream,
         Arc::clone(&health),
         Arc::clone(&source),
-        cluster_parts.as_ref().map(|(peers, client, ..)| Cluster {
-            peers: Arc::clone(peers),
-            client: client.clone(),
-        }),
+        cluster_parts
+            .as_ref()
+            .zip(peers.as_ref())
+            .map(|(parts, peers)| Cluster {
+                peers: Arc::clone(peers),
+                client: parts.client.clone(),
+            }),
         position,
     )?);
 
@@ -160,13 +206,19 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
                 .map(TlsAcceptor::from)
         })
         .transpose()?;
-    let public = bind("public.listen", config.public.listen.0).await?;
+    // A witness has no app and so no clients.
+    let public = if config.node.witness {
+        None
+    } else {
+        Some(bind("public.listen", config.public.listen.0).await?)
+    };
     let admin_listener = bind("admin.listen", config.admin.listen.0).await?;
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         node = %me,
         mode = config.primary.mode.as_str(),
-        public = %local(&public),
+        witness = config.node.witness,
+        public = %public.as_ref().map(local).unwrap_or_else(|| "-".into()),
         tls = public_tls.is_some(),
         admin = %local(&admin_listener),
         upstream = %config.upstream.url,
@@ -174,29 +226,33 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     );
 
     let mut cluster_admin = None;
-    if let Some((peers, client, secret, acceptor)) = cluster_parts {
+    if let (Some(parts), Some(peers)) = (cluster_parts, peers) {
         let listener = bind("cluster.listen", config.cluster.listen.0).await?;
-        tracing::info!(cluster = %local(&listener), mtls = acceptor.is_some(), secret = secret.is_some(), "cluster listener up");
+        tracing::info!(cluster = %local(&listener), mtls = parts.acceptor.is_some(), secret = parts.secret.is_some(), "cluster listener up");
         let service = Arc::new(ClusterService {
             proxy: Arc::clone(&proxy),
             source: Arc::clone(&source),
-            secret,
+            secret: parts.secret,
+            raft: raft_node.clone(),
         });
         let cluster_listener = Listener {
             name: "cluster",
-            tls: acceptor,
+            tls: parts.acceptor,
             header_read_timeout: config.public.header_read_timeout.get(),
             max_header_bytes: config.public.max_header_bytes,
             shutdown_grace: config.public.shutdown_grace.get(),
             count_connections: false,
         };
         tokio::spawn(cluster_listener.serve(listener, service, stop.clone()));
-        cluster_admin = Some(ClusterAdmin { peers, client });
+        cluster_admin = Some(ClusterAdmin {
+            peers,
+            client: parts.client,
+        });
     }
 
     let admin_state = Arc::new(AdminState {
         config: Arc::clone(&config),
-        source,
+        source: Arc::clone(&source),
         health,
         metrics: prometheus,
         started: Instant::now(),
@@ -205,15 +261,50 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     });
     tokio::spawn(admin::serve(admin_listener, admin_state, stop.clone()));
 
-    let public_listener = Listener {
-        name: "public",
-        tls: public_tls,
-        header_read_timeout: config.public.header_read_timeout.get(),
-        max_header_bytes: config.public.max_header_bytes,
-        shutdown_grace: config.public.shutdown_grace.get(),
-        count_connections: true,
-    };
-    public_listener.serve(public, proxy, stop).await;
+    // SIGTERM on the Raft leader hands leadership off first, so the
+    // cluster does not wait out an election timeout; a second signal
+    // stops at once.
+    let leaving_source = Arc::clone(&source);
+    tokio::spawn(async move {
+        let name = signals.next().await;
+        if let PrimarySource::Raft(leadership) = &*leaving_source {
+            if leadership.raft().is_leader() {
+                tracing::info!(signal = name, "handing leadership off before exiting");
+                tokio::select! {
+                    outcome = leadership.handoff(None) => match outcome {
+                        Ok(to) => tracing::info!(%to, "leadership handed off"),
+                        Err(error) => tracing::warn!(%error, "could not hand leadership off; exiting anyway"),
+                    },
+                    again = signals.next() => tracing::info!(signal = again, "second signal: not waiting for the handoff"),
+                }
+            }
+        }
+        tracing::info!(
+            signal = name,
+            "shutting down: no new connections; in-flight requests may finish"
+        );
+        trigger.fire();
+    });
+
+    match public {
+        Some(public) => {
+            let public_listener = Listener {
+                name: "public",
+                tls: public_tls,
+                header_read_timeout: config.public.header_read_timeout.get(),
+                max_header_bytes: config.public.max_header_bytes,
+                shutdown_grace: config.public.shutdown_grace.get(),
+                count_connections: true,
+            };
+            public_listener.serve(public, proxy, stop).await;
+        }
+        None => stop.clone().begun().await,
+    }
+    if let Some(node) = raft_node {
+        if let Err(error) = node.raft.shutdown().await {
+            tracing::warn!(%error, "Raft did not stop cleanly");
+        }
+    }
     Ok(())
 }
 

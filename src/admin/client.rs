@@ -1,5 +1,5 @@
-//! The operator's side of the admin listener: `litegate status` and
-//! `litegate promote`.
+//! The operator's side of the admin listener: `litegate status`,
+//! `litegate promote`, `litegate handoff` and `litegate exec`.
 
 use bytes::Bytes;
 use http::{Method, Request, Uri};
@@ -15,6 +15,51 @@ pub async fn fetch_status(admin: &str) -> Result<serde_json::Value, String> {
 /// POSTs `{admin}/promote`: this node becomes the primary.
 pub async fn promote(admin: &str, token: Option<&str>) -> Result<serde_json::Value, String> {
     call(admin, Method::POST, "/promote", token).await
+}
+
+/// POSTs `{admin}/handoff[?to=NAME]`: the leader hands leadership off.
+pub async fn handoff(
+    admin: &str,
+    to: Option<&str>,
+    token: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let path = match to {
+        Some(name) => format!(
+            "/handoff?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("to", name)
+                .finish()
+        ),
+        None => "/handoff".to_owned(),
+    };
+    call(admin, Method::POST, &path, token).await
+}
+
+/// What a node says it is, once it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KnownRole {
+    Primary,
+    Replica(String),
+}
+
+/// Asks `{admin}/status` until the node knows its role, for up to `wait`.
+pub async fn wait_for_role(admin: &str, wait: std::time::Duration) -> Result<KnownRole, String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let status = fetch_status(admin).await?;
+        match (status["role"].as_str(), status["primary"].as_str()) {
+            (Some("primary"), _) => return Ok(KnownRole::Primary),
+            (Some("replica"), Some(primary)) => return Ok(KnownRole::Replica(primary.to_owned())),
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no primary is known after {} (election under way, or the cluster has no majority): nothing was run; try again, or raise --wait",
+                humantime::format_duration(wait)
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn call(
@@ -64,17 +109,77 @@ pub fn render_status(s: &serde_json::Value) -> String {
         serde_json::Value::String(v) => v.clone(),
         other => other.to_string(),
     };
+    let upstream = if s["upstream"].is_null() {
+        "none (witness)".to_owned()
+    } else {
+        format!(
+            "{} ({})",
+            s["upstream"]["url"].as_str().unwrap_or("-"),
+            if s["upstream"]["up"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "DOWN"
+            }
+        )
+    };
     let mut out = format!(
-        "node      {}\nmode      {}\nrole      {}\nterm      {}\nprimary   {}\nupstream  {} ({})\nversion   {}\n",
+        "node      {}\nmode      {}\nrole      {}\nterm      {}\nprimary   {}\nupstream  {upstream}\nversion   {}\n",
         field("node"),
         field("mode"),
         field("role"),
         field("term"),
         field("primary"),
-        s["upstream"]["url"].as_str().unwrap_or("-"),
-        if s["upstream"]["up"].as_bool() == Some(true) { "up" } else { "DOWN" },
         field("version"),
     );
+    let raft = &s["raft"];
+    if !raft.is_null() {
+        let opt = |v: &serde_json::Value| {
+            if v.is_null() {
+                "-".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        out.push_str(&format!(
+            "raft      {} · leader {} · log {} · committed {} · quorum ack {} ms ago{}\n",
+            raft["state"].as_str().unwrap_or("-"),
+            raft["leader"].as_str().unwrap_or("-"),
+            opt(&raft["last_log_index"]),
+            opt(&raft["committed_index"]),
+            opt(&raft["quorum_ack_ms_ago"]),
+            if raft["handing_off"].as_bool() == Some(true) {
+                " · HANDING OFF"
+            } else {
+                ""
+            },
+        ));
+    }
+    let progress = |id: &serde_json::Value| -> String {
+        let Some(p) = raft["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| &p["id"] == id))
+        else {
+            return String::new();
+        };
+        let mut tags = Vec::new();
+        if p["leader"].as_bool() == Some(true) {
+            tags.push("leader".to_owned());
+        }
+        if p["witness"].as_bool() == Some(true) {
+            tags.push("witness".to_owned());
+        }
+        if let Some(m) = p["matched_index"].as_u64() {
+            tags.push(format!("matched {m}"));
+        }
+        if let Some(a) = p["last_ack_ms_ago"].as_u64() {
+            tags.push(format!("ack {a} ms ago"));
+        }
+        if tags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", tags.join(", "))
+        }
+    };
     if let Some(peers) = s["peers"].as_array().filter(|p| !p.is_empty()) {
         out.push_str("peers\n");
         for p in peers {
@@ -85,7 +190,7 @@ pub fn render_status(s: &serde_json::Value) -> String {
                 _ => "-",
             };
             out.push_str(&format!(
-                "  {:>3}  {:<16} {:<22} {:<11} term {:<5} {}\n",
+                "  {:>3}  {:<16} {:<22} {:<11} term {:<5} {}{}\n",
                 p["id"],
                 p["name"].as_str().unwrap_or("-"),
                 p["cluster"].as_str().unwrap_or("-"),
@@ -94,7 +199,11 @@ pub fn render_status(s: &serde_json::Value) -> String {
                     .as_u64()
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "-".into()),
-                p["public_url"].as_str().unwrap_or("-"),
+                p["public_url"]
+                    .as_str()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or("-"),
+                progress(&p["id"]),
             ));
         }
     }

@@ -105,11 +105,15 @@ async fn answer(
             Err((status, why)) => body::text_response(status, why),
             Ok(()) => promote(state).await,
         },
+        (&Method::POST, "/handoff") => match authorize(state, req, loopback) {
+            Err((status, why)) => body::text_response(status, why),
+            Ok(()) => handoff(state, req.uri().query()).await,
+        },
         (&Method::GET | &Method::HEAD, path) => match path {
             "/healthz" => body::text_response(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 let mut problems = Vec::new();
-                if !state.health.is_up() {
+                if !state.config.node.witness && !state.health.is_up() {
                     problems.push("the app does not accept connections");
                 }
                 if state.config.primary.mode != PrimaryMode::Dev && primary.primary.is_none() {
@@ -121,9 +125,10 @@ async fn answer(
                     body::text_response(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
                 }
             }
-            "/primary" => match primary.role {
-                Role::Primary => body::text_response(StatusCode::OK, "primary\n"),
-                _ => body::text_response(StatusCode::SERVICE_UNAVAILABLE, "not the primary\n"),
+            "/primary" => if primary.may_write(Instant::now()) {
+                body::text_response(StatusCode::OK, "primary\n")
+            } else {
+                body::text_response(StatusCode::SERVICE_UNAVAILABLE, "not the primary\n")
             },
             "/replica" => match (primary.role, &primary.primary) {
                 (Role::Replica, Some(p)) => body::text_response(StatusCode::OK, format!("replica of {p}\n")),
@@ -131,6 +136,9 @@ async fn answer(
             },
             "/status" => body::json_response(StatusCode::OK, &status(state)),
             "/metrics" => {
+                if let PrimarySource::Raft(leadership) = &*state.source {
+                    leadership.refresh_gauges();
+                }
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_fixed_histograms());
                 let mut resp = Response::new(body::full(text));
@@ -142,10 +150,10 @@ async fn answer(
             }
             _ => body::text_response(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /primary /replica /status /metrics, or POST /promote\n",
+                "not found; try /healthz /readyz /primary /replica /status /metrics, or POST /promote /handoff\n",
             ),
         },
-        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote\n"),
+        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote and /handoff\n"),
     }
 }
 
@@ -179,7 +187,11 @@ fn status(state: &AdminState) -> serde_json::Value {
         "term": primary.term,
         "primary": primary.primary.as_deref(),
         "peers": peers,
-        "upstream": { "url": c.upstream.url, "up": state.health.is_up() },
+        "upstream": if c.node.witness { json!(null) } else { json!({ "url": c.upstream.url, "up": state.health.is_up() }) },
+        "raft": match &*state.source {
+            PrimarySource::Raft(leadership) => leadership.status(),
+            _ => json!(null),
+        },
         "position": null,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -218,11 +230,41 @@ fn authorize(
     }
 }
 
+/// Raft mode: the leader hands leadership to `?to=NAME` or the most
+/// up-to-date app node (DESIGN §5).
+async fn handoff(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
+    let PrimarySource::Raft(leadership) = &*state.source else {
+        return body::text_response(
+            StatusCode::CONFLICT,
+            "handoff transfers Raft leadership; in static mode run `litegate promote` on the node that should become primary\n",
+        );
+    };
+    let to = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "to")
+            .map(|(_, v)| v.into_owned())
+    });
+    let from = state.config.node.name.clone();
+    match leadership.handoff(to.as_deref()).await {
+        Ok(target) => body::json_response(StatusCode::OK, &json!({ "from": from, "to": target })),
+        Err(e) => {
+            use crate::primary::raft::HandoffError as E;
+            let status = match e {
+                E::NotLeader(_) | E::InProgress => StatusCode::CONFLICT,
+                E::NoSuchTarget(_) => StatusCode::BAD_REQUEST,
+                E::NoTarget | E::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+            };
+            body::text_response(status, format!("{e}\n"))
+        }
+    }
+}
+
 async fn promote(state: &AdminState) -> Response<ProxyBody> {
     let (PrimarySource::Static(source), Some(cluster)) = (&*state.source, &state.cluster) else {
         return body::text_response(
             StatusCode::CONFLICT,
-            "promote moves a static primary; this node is not in static mode\n",
+            "promote moves a static primary; in raft mode run `litegate handoff --to NAME` against the leader's admin listener\n",
         );
     };
     // Start above every epoch any reachable peer has seen.

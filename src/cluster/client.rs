@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -18,6 +18,9 @@ use crate::proxy::errors::ProxyError;
 use crate::tls::{self, MutualTls};
 
 use super::auth::{SharedSecret, SECRET_HEADER};
+
+/// How long an unused pooled connection to a peer is kept.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// How long a control message (poll, announcement) may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,7 +57,10 @@ impl PeerClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Well below a peer's header_read_timeout (10 s by default), which closes
+            // idle connections: a write sent on a connection the peer is
+            // closing fails and may not be retried.
+            .pool_idle_timeout(POOL_IDLE)
             .set_host(false)
             .build(connector);
         Ok(Self {
@@ -96,48 +102,86 @@ impl PeerClient {
         path: &str,
         json: Option<&impl serde::Serialize>,
     ) -> Result<T, String> {
-        let uri = self.uri(peer, path).map_err(|e| e.to_string())?;
         let body = match json {
-            Some(v) => body::full(serde_json::to_vec(v).map_err(|e| e.to_string())?),
-            None => body::empty(),
+            Some(v) => serde_json::to_vec(v).map_err(|e| e.to_string())?,
+            None => Vec::new(),
         };
+        let (status, bytes) = self
+            .call(peer, method, path, &[], body, CONTROL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes).trim()
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// One whole request and response to a peer's `/_litegate/…`
+    /// endpoint, bounded by `timeout`.
+    pub async fn call(
+        &self,
+        peer: &str,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let uri = self
+            .uri(peer, path)
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        let host = HeaderValue::from_str(peer).map_err(|e| CallError::Failed(e.to_string()))?;
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(
-                http::header::HOST,
-                HeaderValue::from_str(peer).map_err(|e| e.to_string())?,
-            )
+            .header(http::header::HOST, host)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .map_err(|e| e.to_string())?;
+            .body(if body.is_empty() {
+                body::empty()
+            } else {
+                body::full(body)
+            })
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        for (name, value) in headers {
+            req.headers_mut().insert(name, value.clone());
+        }
         if let Some(secret) = &self.secret {
             req.headers_mut().insert(SECRET_HEADER, secret.header());
         }
-        let call = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable(e.to_string())
+                } else {
+                    CallError::Failed(e.to_string())
+                }
+            })?;
             let status = resp.status();
-            let bytes: Bytes = resp
+            let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| CallError::Failed(e.to_string()))?
                 .to_bytes();
-            if !status.is_success() {
-                return Err(format!(
-                    "{status}: {}",
-                    String::from_utf8_lossy(&bytes).trim()
-                ));
-            }
-            serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+            Ok((status, bytes))
         };
-        tokio::time::timeout(CONTROL_TIMEOUT, call)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| {
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(CONTROL_TIMEOUT)
-                )
-            })?
+            .map_err(|_| CallError::Timeout(timeout))?
     }
+}
+
+/// Why a [`PeerClient::call`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Connecting failed: the peer received nothing.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
 }

@@ -4,6 +4,7 @@
 //!
 //! - `GET /_litegate/epoch`: this node's view of the primary (static mode).
 //! - `POST /_litegate/epoch`: a peer announces a new epoch.
+//! - `POST /_litegate/raft/…`: Raft RPCs (raft mode), see [`raft::rpc`].
 //! - anything else: a write forwarded by a peer, fenced in
 //!   [`Proxy::handle_forwarded`].
 
@@ -20,11 +21,13 @@ use crate::proxy::server::Handler;
 use crate::proxy::{ConnInfo, Proxy};
 
 use super::auth::SharedSecret;
+use super::raft::{self, RaftNode};
 
 pub struct ClusterService {
     pub proxy: Arc<Proxy>,
     pub source: Arc<PrimarySource>,
     pub secret: Option<SharedSecret>,
+    pub raft: Option<Arc<RaftNode>>,
 }
 
 impl Handler for ClusterService {
@@ -42,6 +45,19 @@ impl Handler for ClusterService {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/_litegate/epoch") => self.epoch(),
             (&Method::POST, "/_litegate/epoch") => self.announced(req).await,
+            (&Method::POST, path) if path.starts_with("/_litegate/raft/") => {
+                let endpoint = &path["/_litegate/raft/".len()..];
+                match &self.raft {
+                    Some(node) => {
+                        let endpoint = endpoint.to_owned();
+                        raft::rpc::handle(&node.raft, &node.identity, &endpoint, req).await
+                    }
+                    None => body::text_response(
+                        StatusCode::NOT_FOUND,
+                        "this node is not in raft mode: check primary.mode on every node\n",
+                    ),
+                }
+            }
             (_, path) if path.starts_with("/_litegate/") => {
                 body::text_response(StatusCode::NOT_FOUND, "no such cluster endpoint\n")
             }

@@ -115,7 +115,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(60),
             max_concurrency: 1024,
-            pool_idle_timeout: Duration::from_secs(90),
+            pool_idle_timeout: Duration::from_secs(4),
             health_interval: Duration::from_secs(2),
         }
     }
@@ -196,7 +196,12 @@ pub struct Peer {
     pub id: u64,
     pub name: String,
     pub cluster: String,
+    /// Empty for a witness, which has no app to send clients to.
+    #[serde(default)]
     pub public_url: String,
+    /// A voter with no app (DESIGN §4): never routed to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub witness: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

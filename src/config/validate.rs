@@ -111,8 +111,17 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             );
         }
         host_port(&p.cluster).map_err(|m| ConfigError::key(format!("{key}.cluster"), origin, m))?;
-        public_url(&p.public_url)
-            .map_err(|m| ConfigError::key(format!("{key}.public_url"), origin, m))?;
+        if p.witness {
+            if c.primary.mode != PrimaryMode::Raft {
+                return err(
+                    &format!("{key}.witness"),
+                    "witnesses only vote in Raft elections: set primary.mode = \"raft\" or drop the witness".into(),
+                );
+            }
+        } else {
+            public_url(&p.public_url)
+                .map_err(|m| ConfigError::key(format!("{key}.public_url"), origin, m))?;
+        }
     }
     match c.cluster.peers.iter().find(|p| p.id == id) {
         None => {
@@ -127,7 +136,29 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
                 format!("{:?} differs from the name {:?} that cluster.peers gives node {id}: make them equal", c.node.name, me.name),
             )
         }
+        Some(me) if me.witness != c.node.witness => {
+            return err(
+                "node.witness",
+                format!("is {} but cluster.peers gives node {id} witness = {}: make them agree", c.node.witness, me.witness),
+            )
+        }
         Some(_) => {}
+    }
+    if c.primary.mode == PrimaryMode::Raft {
+        let witnesses = c.cluster.peers.iter().filter(|p| p.witness).count();
+        let app_nodes = c.cluster.peers.len() - witnesses;
+        if c.cluster.peers.len() == 2 && witnesses == 0 {
+            return err(
+                "cluster.peers",
+                "two Raft voters cannot fail over: losing either one loses the majority. Use primary.mode = \"static\" for two nodes, or add a third voter — a witness (`witness = true`, no app) is enough".into(),
+            );
+        }
+        if app_nodes == 0 {
+            return err(
+                "cluster.peers",
+                "every node is a witness: at least one node must run the app".into(),
+            );
+        }
     }
 
     if c.primary.mode == PrimaryMode::Static

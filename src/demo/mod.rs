@@ -1,7 +1,9 @@
-//! `litegate demo`: three litegate nodes on loopback with a static primary,
-//! each a real `litegate run` process in front of its own instance of the
-//! built-in demo app, to see write forwarding work in a minute. Ctrl-C stops
-//! everything and removes the demo's files.
+//! `litegate demo`: three litegate nodes on loopback that elect their
+//! primary with Raft, each a real `litegate run` process in front of its own
+//! instance of the built-in demo app (the instances share one guest book,
+//! standing in for a replicated database), to see write forwarding and
+//! failover work in a minute. Ctrl-C stops everything and removes the
+//! demo's files.
 
 mod app;
 
@@ -28,6 +30,7 @@ struct DemoNode {
     name: String,
     public: SocketAddr,
     admin: SocketAddr,
+    config: PathBuf,
     log: PathBuf,
     child: Child,
 }
@@ -81,7 +84,7 @@ async fn run_in(exe: &Path, dir: &Path) -> Result<(), String> {
         tokio::spawn(app::serve(app, name.clone(), Arc::clone(&book)));
         let config = format!(
             "[node]\nid = {id}\nname = \"{name}\"\n\n[public]\nlisten = \"{public}\"\n\n\
-             [upstream]\nurl = \"http://{app_addr}\"\n\n[primary]\nmode = \"static\"\nstatic = \"node-1\"\n\n\
+             [upstream]\nurl = \"http://{app_addr}\"\n\n[primary]\nmode = \"raft\"\n\n\
              [cluster]\nlisten = \"{cluster}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
              peers = [\n{peers}\n]\n\n[admin]\nlisten = \"{admin}\"\n",
             id = i + 1,
@@ -92,11 +95,13 @@ async fn run_in(exe: &Path, dir: &Path) -> Result<(), String> {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let log = dir.join(format!("{name}.log"));
-        let child = spawn_node(exe, &config_path, &log)?;
+        // One node creates the cluster; the others join when it calls.
+        let child = spawn_node(exe, &config_path, &log, i == 0)?;
         nodes.push(DemoNode {
             name,
             public,
             admin,
+            config: config_path,
             log,
             child,
         });
@@ -106,7 +111,8 @@ async fn run_in(exe: &Path, dir: &Path) -> Result<(), String> {
         for node in &nodes {
             wait_listening(node.public, &node.log).await?;
         }
-        println!("{}", banner(&nodes, exe));
+        let leader = wait_for_leader(&nodes).await?;
+        println!("{}", banner(&nodes, &leader, exe));
         supervise(&mut nodes).await
     }
     .await;
@@ -124,12 +130,18 @@ fn rand_seed() -> u128 {
         .unwrap_or_default()
 }
 
-fn spawn_node(exe: &Path, config: &Path, log: &Path) -> Result<Child, String> {
-    let log_file = std::fs::File::create(log).map_err(|e| e.to_string())?;
-    Command::new(exe)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
+fn spawn_node(exe: &Path, config: &Path, log: &Path, bootstrap: bool) -> Result<Child, String> {
+    let log_file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let mut command = Command::new(exe);
+    command.arg("run").arg("--config").arg(config);
+    if bootstrap {
+        command.arg("--bootstrap");
+    }
+    command
         .env("LITEGATE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -159,6 +171,35 @@ async fn wait_listening(addr: SocketAddr, log: &Path) -> Result<(), String> {
     ))
 }
 
+/// The name of the node every node agrees is the primary.
+async fn wait_for_leader(nodes: &[DemoNode]) -> Result<String, String> {
+    for _ in 0..200 {
+        let mut views = Vec::new();
+        for node in nodes {
+            let admin = format!("http://{}", node.admin);
+            if let Ok(status) = crate::admin::client::fetch_status(&admin).await {
+                views.push(status["primary"].as_str().map(str::to_owned));
+            }
+        }
+        if views.len() == nodes.len() {
+            if let Some(Some(first)) = views.first() {
+                if views.iter().all(|v| v.as_deref() == Some(first.as_str())) {
+                    return Ok(first.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "the demo nodes did not elect a primary within 10s; their logs are in {}",
+        nodes[0]
+            .log
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    ))
+}
+
 /// Waits for Ctrl-C or SIGTERM, and reports a node that exits by itself.
 async fn supervise(nodes: &mut [DemoNode]) -> Result<(), String> {
     let (trigger, mut stopping) = shutdown::channel();
@@ -175,10 +216,20 @@ async fn supervise(nodes: &mut [DemoNode]) -> Result<(), String> {
         for node in nodes.iter_mut() {
             if let Ok(Some(status)) = node.child.try_wait() {
                 println!(
-                    "{} exited ({status}); its log is {}. Ctrl-C ends the demo.",
+                    "{} exited ({status}); the others carry on without it. Restarting it; its log is {}",
                     node.name,
                     node.log.display()
                 );
+                // It keeps its vote and log in its data dir and rejoins.
+                match spawn_node(
+                    &std::env::current_exe().map_err(|e| e.to_string())?,
+                    &node.config,
+                    &node.log,
+                    false,
+                ) {
+                    Ok(child) => node.child = child,
+                    Err(e) => println!("cannot restart {}: {e}", node.name),
+                }
             }
         }
     }
@@ -203,32 +254,41 @@ async fn stop(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-fn banner(nodes: &[DemoNode], exe: &Path) -> String {
-    let mut out = String::from("\nlitegate demo: three nodes, node-1 is the primary\n\n");
+fn banner(nodes: &[DemoNode], leader: &str, exe: &Path) -> String {
+    let mut out =
+        format!("\nlitegate demo: three nodes elected {leader} as the primary (Raft)\n\n");
     for n in nodes {
         let _ = writeln!(
             out,
-            "  {:<8} http://{}   (admin http://{})",
-            n.name, n.public, n.admin
+            "  {:<8} http://{}   (admin http://{})   pid {}",
+            n.name,
+            n.public,
+            n.admin,
+            n.child.id().map(|p| p.to_string()).unwrap_or_default(),
         );
     }
-    let (first, second) = (&nodes[0], &nodes[1]);
+    let primary = nodes.iter().find(|n| n.name == leader).unwrap_or(&nodes[0]);
+    let replica = nodes.iter().find(|n| n.name != leader).unwrap_or(&nodes[1]);
     let exe = exe.display();
     let _ = write!(
         out,
         "\nTry:\n\
-         \x20 open http://{replica}/ and write something: the page is served by node-2's app,\n\
-         \x20   the write by node-1's (the primary)\n\
+         \x20 open http://{replica}/ and write something: the page is served by {replica_name}'s app,\n\
+         \x20   the write by {leader}'s (the primary)\n\
          \x20 curl -si -d 'hello' http://{replica}/entries | grep -i served-by   # a write via a replica\n\
          \x20 curl -s http://{replica}/entries                                  # a read, served locally\n\
-         \x20 {exe} promote --admin http://{replica_admin}                   # node-2 becomes the primary\n\
-         \x20 {exe} status --admin http://{primary_admin}\n\
-         \x20 curl -s http://{replica_admin}/metrics | grep litegate_http_requests_total\n\
+         \x20 {exe} status --admin http://{primary_admin}                   # term, leader, each peer\n\
+         \x20 kill -9 {pid}      # kill the primary: the others elect a new one in well under a second;\n\
+         \x20                    #   the demo restarts the killed node, which rejoins as a replica\n\
+         \x20 {exe} handoff --admin http://{primary_admin}                  # a planned, lossless switch\n\
+         \x20 curl -s http://{replica_admin}/metrics | grep -E 'litegate_(raft_term|is_primary|http_requests_total)'\n\
          \nNode logs: {logs}\nCtrl-C stops everything.\n",
-        replica = second.public,
-        replica_admin = second.admin,
-        primary_admin = first.admin,
-        logs = first.log.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        replica = replica.public,
+        replica_name = replica.name,
+        replica_admin = replica.admin,
+        primary_admin = primary.admin,
+        pid = primary.child.id().map(|p| p.to_string()).unwrap_or_default(),
+        logs = primary.log.parent().map(|p| p.display().to_string()).unwrap_or_default(),
     );
     out
 }

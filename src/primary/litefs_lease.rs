@@ -8,9 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
-use super::{PrimaryState, PrimaryWatch, Role};
+use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role};
 use crate::litefs::{LeaseView, Watcher};
 use crate::metrics;
 
@@ -18,26 +16,22 @@ use crate::metrics;
 pub struct LitefsLease {
     me: Arc<str>,
     names: HashSet<String>,
-    tx: watch::Sender<PrimaryState>,
+    cell: Arc<PrimaryCell>,
 }
 
 impl LitefsLease {
     pub fn new(me: &str, names: HashSet<String>) -> Self {
-        let (tx, _) = watch::channel(PrimaryState {
-            role: Role::Unknown,
-            term: 0,
-            primary: None,
-        });
+        let cell = PrimaryCell::new(PrimaryState::unknown());
         metrics::set_is_primary(false);
         Self {
             me: Arc::from(me),
             names,
-            tx,
+            cell,
         }
     }
 
     pub fn watch(&self) -> PrimaryWatch {
-        PrimaryWatch::new(self.tx.subscribe())
+        self.cell.watch()
     }
 }
 
@@ -48,35 +42,23 @@ impl Watcher for LitefsLease {
                 role: Role::Primary,
                 term: 0,
                 primary: Some(Arc::clone(&self.me)),
+                lease_deadline: None,
             },
             LeaseView::Replica(host) if self.names.contains(&host) && *host != *self.me => {
                 PrimaryState {
                     role: Role::Replica,
                     term: 0,
                     primary: Some(Arc::from(host.as_str())),
+                    lease_deadline: None,
                 }
             }
             LeaseView::Replica(host) => {
                 tracing::warn!(%host, "LiteFS names a primary that is not in cluster.peers (peers are matched by name); holding writes");
-                PrimaryState {
-                    role: Role::Unknown,
-                    term: 0,
-                    primary: None,
-                }
+                PrimaryState::unknown()
             }
-            LeaseView::Unknown => PrimaryState {
-                role: Role::Unknown,
-                term: 0,
-                primary: None,
-            },
+            LeaseView::Unknown => PrimaryState::unknown(),
         };
-        let changed = self.tx.send_if_modified(|state| {
-            let changed = *state != next;
-            if changed {
-                *state = next.clone();
-            }
-            changed
-        });
+        let changed = self.cell.publish(next.clone());
         if changed {
             tracing::info!(
                 role = next.role.as_str(),

@@ -4,15 +4,18 @@
 
 mod dev;
 mod litefs_lease;
+pub mod raft;
 mod static_primary;
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
+pub use raft::{RaftLeadership, WriteGuard};
 pub use static_primary::{Epoch, StaticPrimary};
 
 /// The node's source of truth for who the primary is, one per `primary.mode`.
@@ -21,6 +24,7 @@ pub enum PrimarySource {
     Dev(DevPrimary),
     Static(StaticPrimary),
     Litefs(Arc<LitefsLease>),
+    Raft(Arc<RaftLeadership>),
 }
 
 impl PrimarySource {
@@ -29,6 +33,16 @@ impl PrimarySource {
             PrimarySource::Dev(d) => d.watch(),
             PrimarySource::Static(s) => s.watch(),
             PrimarySource::Litefs(l) => l.watch(),
+            PrimarySource::Raft(r) => r.watch(),
+        }
+    }
+
+    /// Marks a write on its way to this node's app as the primary, for as
+    /// long as the guard lives: a Raft handoff waits for these to finish.
+    pub fn track_write(&self) -> Option<WriteGuard> {
+        match self {
+            PrimarySource::Raft(r) => Some(r.track_write()),
+            _ => None,
         }
     }
 
@@ -36,9 +50,13 @@ impl PrimarySource {
     /// app now: this node must be the primary, at that term where terms are
     /// comparable across nodes.
     pub fn admits(&self, state: &PrimaryState, sender_term: Option<u64>) -> bool {
-        state.role == Role::Primary
+        state.may_write(Instant::now())
             && match self {
                 PrimarySource::Dev(_) | PrimarySource::Static(_) => sender_term == Some(state.term),
+                // The lease above is the fence. A sender that is behind
+                // still reached the leader; one that knows a newer term
+                // knows this node is deposed.
+                PrimarySource::Raft(_) => sender_term.is_none_or(|t| t <= state.term),
                 // LiteFS fences its own writes and has no cluster-wide term.
                 PrimarySource::Litefs(_) => true,
             }
@@ -83,27 +101,146 @@ pub struct PrimaryState {
     pub term: u64,
     /// The primary's node name, when one is known.
     pub primary: Option<Arc<str>>,
+    /// Raft only: until when this node may pass writes to its app, from the
+    /// last quorum acknowledgement. `None` where leadership has no lease.
+    pub lease_deadline: Option<Instant>,
+}
+
+impl PrimaryState {
+    pub fn unknown() -> Self {
+        Self {
+            role: Role::Unknown,
+            term: 0,
+            primary: None,
+            lease_deadline: None,
+        }
+    }
+
+    /// Whether this node's app may take a write at `now`: it is the primary
+    /// and, where leadership is leased, the lease still holds.
+    pub fn may_write(&self, now: Instant) -> bool {
+        self.role == Role::Primary && self.lease_deadline.is_none_or(|until| now < until)
+    }
+
+    /// Same role, term and primary: a lease renewal alone is not a change
+    /// anyone waits for.
+    fn same_leadership(&self, other: &PrimaryState) -> bool {
+        self.role == other.role && self.term == other.term && self.primary == other.primary
+    }
+}
+
+/// Where a source publishes the current [`PrimaryState`]. Requests read it
+/// without a lock (one atomic load); waiters are woken only when the
+/// leadership changes or a lapsed lease is renewed.
+#[derive(Debug)]
+pub struct PrimaryCell {
+    state: ArcSwap<PrimaryState>,
+    changes: watch::Sender<u64>,
+}
+
+impl PrimaryCell {
+    pub fn new(initial: PrimaryState) -> Arc<Self> {
+        Arc::new(Self {
+            state: ArcSwap::from_pointee(initial),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    pub fn current(&self) -> Arc<PrimaryState> {
+        self.state.load_full()
+    }
+
+    /// Stores `next`; returns whether the leadership (role, term, primary)
+    /// changed.
+    pub fn publish(&self, next: PrimaryState) -> bool {
+        let now = Instant::now();
+        let previous = self.state.swap(Arc::new(next));
+        let next = self.state.load();
+        let changed = !previous.same_leadership(&next);
+        let renewed = !previous.may_write(now) && next.may_write(now);
+        if changed || renewed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        changed
+    }
+
+    pub fn watch(self: &Arc<Self>) -> PrimaryWatch {
+        PrimaryWatch {
+            cell: Arc::clone(self),
+            changes: self.changes.subscribe(),
+        }
+    }
 }
 
 /// A read-only view of the current primary, cheap to clone per request.
 #[derive(Debug, Clone)]
-pub struct PrimaryWatch(watch::Receiver<PrimaryState>);
+pub struct PrimaryWatch {
+    cell: Arc<PrimaryCell>,
+    changes: watch::Receiver<u64>,
+}
 
 impl PrimaryWatch {
-    pub fn new(rx: watch::Receiver<PrimaryState>) -> Self {
-        Self(rx)
+    pub fn current(&self) -> Arc<PrimaryState> {
+        self.cell.current()
     }
 
-    pub fn current(&self) -> PrimaryState {
-        self.0.borrow().clone()
-    }
-
-    /// Waits until the state changes or `deadline` passes; false if it
-    /// passed (or the source is gone).
+    /// Waits until the leadership changes (or a lapsed lease is renewed)
+    /// or `deadline` passes; false if it passed (or the source is gone).
     pub async fn changed_before(&mut self, deadline: Instant) -> bool {
         matches!(
-            tokio::time::timeout_at(deadline.into(), self.0.changed()).await,
+            tokio::time::timeout_at(deadline.into(), self.changes.changed()).await,
             Ok(Ok(()))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn leader(term: u64, lease_deadline: Option<Instant>) -> PrimaryState {
+        PrimaryState {
+            role: Role::Primary,
+            term,
+            primary: Some(Arc::from("a")),
+            lease_deadline,
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_on_leadership_changes_and_lapsed_leases_only() {
+        let now = Instant::now();
+        let cell = PrimaryCell::new(leader(1, Some(now + Duration::from_secs(60))));
+        let mut watch = cell.watch();
+        assert!(watch.current().may_write(now));
+
+        // A renewal of a lease that still holds wakes nobody.
+        assert!(!cell.publish(leader(1, Some(now + Duration::from_secs(61)))));
+        assert!(!watch.changed_before(Instant::now()).await);
+
+        // A lapsed lease stops writes; its renewal wakes the held ones.
+        cell.publish(leader(1, Some(now)));
+        assert!(!watch.current().may_write(Instant::now()));
+        assert!(!watch.changed_before(Instant::now()).await);
+        cell.publish(leader(1, Some(Instant::now() + Duration::from_secs(60))));
+        assert!(
+            watch
+                .changed_before(Instant::now() + Duration::from_secs(1))
+                .await
+        );
+
+        // A new term is a change.
+        assert!(cell.publish(leader(2, None)));
+        assert!(
+            watch
+                .changed_before(Instant::now() + Duration::from_secs(1))
+                .await
+        );
+        assert!(
+            watch.current().may_write(Instant::now()),
+            "no lease: no expiry"
+        );
     }
 }

@@ -4,15 +4,13 @@
 //! adopts the highest epoch it hears of from any peer.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use super::{PrimaryState, PrimaryWatch, Role};
-use crate::metrics;
+use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role};
+use crate::{durable, metrics};
 
 const STATE_FILE: &str = "static-epoch.json";
 
@@ -30,7 +28,7 @@ pub struct StaticPrimary {
     /// Serializes read-modify-persist-publish, so two adoptions cannot
     /// interleave between the check and the write.
     current: Mutex<Epoch>,
-    tx: watch::Sender<PrimaryState>,
+    cell: Arc<PrimaryCell>,
 }
 
 impl StaticPrimary {
@@ -67,19 +65,19 @@ impl StaticPrimary {
                 epoch.primary
             ));
         }
-        let (tx, _) = watch::channel(state(me, &epoch));
+        let cell = PrimaryCell::new(state(me, &epoch));
         metrics::set_is_primary(epoch.primary == me);
         Ok(Self {
             me: me.to_owned(),
             names,
             path,
             current: Mutex::new(epoch),
-            tx,
+            cell,
         })
     }
 
     pub fn watch(&self) -> PrimaryWatch {
-        PrimaryWatch::new(self.tx.subscribe())
+        self.cell.watch()
     }
 
     pub fn current(&self) -> Epoch {
@@ -129,7 +127,7 @@ impl StaticPrimary {
     fn publish(&self, epoch: &Epoch) {
         metrics::set_is_primary(epoch.primary == self.me);
         metrics::count_primary_change();
-        self.tx.send_replace(state(&self.me, epoch));
+        self.cell.publish(state(&self.me, epoch));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Epoch> {
@@ -150,22 +148,14 @@ fn state(me: &str, epoch: &Epoch) -> PrimaryState {
         },
         term: epoch.epoch,
         primary: Some(Arc::from(epoch.primary.as_str())),
+        lease_deadline: None,
     }
 }
 
-/// Write to a temporary file, fsync it, rename it over the old one, fsync
-/// the directory: after a crash the file is either the old or the new epoch.
 fn persist(path: &Path, epoch: &Epoch) -> Result<(), String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(epoch).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| format!("cannot persist the epoch to {}: {e}", path.display()))
+    let bytes = serde_json::to_vec(epoch).map_err(|e| e.to_string())?;
+    durable::replace_file(path, &bytes)
+        .map_err(|e| format!("cannot persist the epoch to {}: {e}", path.display()))
 }
 
 #[cfg(test)]

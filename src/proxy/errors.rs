@@ -34,6 +34,10 @@ pub enum ProxyError {
     NoPrimary { waited: Duration },
     #[error("the primary changed while this write was being sent; no app received it")]
     PrimaryMovedMidSend,
+    /// This node lost the right to write just before the request left for
+    /// its app; nothing of it was sent (`fence.rs`).
+    #[error("this node stopped being the primary before the write was sent; no app received it")]
+    Fenced,
     /// Answered to a peer that sent a write here under a stale view.
     #[error("this node is not the primary at term {term}")]
     NotPrimary { term: u64, primary: Option<String> },
@@ -57,6 +61,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
             ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
+            | ProxyError::Fenced
             | ProxyError::NotPrimary { .. }
             | ProxyError::Unauthorized
             | ProxyError::ConsistencyTimeout(_) => Side::Internal,
@@ -71,6 +76,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_)
                 | ProxyError::PeerUnreachable(_)
                 | ProxyError::NotPrimary { .. }
+                | ProxyError::Fenced
         )
     }
 
@@ -84,7 +90,8 @@ impl ProxyError {
             }
             ProxyError::PeerUnreachable(_)
             | ProxyError::NoPrimary { .. }
-            | ProxyError::PrimaryMovedMidSend => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::PrimaryMovedMidSend
+            | ProxyError::Fenced => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -99,7 +106,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => "timeout",
             ProxyError::PeerUnreachable(_)
             | ProxyError::NoPrimary { .. }
-            | ProxyError::PrimaryMovedMidSend => "no-primary",
+            | ProxyError::PrimaryMovedMidSend
+            | ProxyError::Fenced => "no-primary",
             ProxyError::NotPrimary { .. } => "not-primary",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::BadRequest(_) => "bad-request",
@@ -113,7 +121,9 @@ impl ProxyError {
             Side::Internal if matches!(self, ProxyError::NotPrimary { .. }) => {
                 tracing::debug!(error = %self, "refused a forwarded write")
             }
-            Side::Upstream | Side::Internal => tracing::warn!(error = %self, "request failed"),
+            Side::Upstream | Side::Internal => {
+                tracing::warn!(error = %self, cause = %causes(&self), "request failed")
+            }
         }
         // The body names the problem, never the internals behind it.
         let text = match &self {
@@ -135,6 +145,11 @@ impl ProxyError {
         if let ProxyError::NotPrimary { term, primary } = &self {
             // The sender re-resolves from this view and sends again.
             h.insert(LITEGATE_TERM, HeaderValue::from(*term));
+            // The write's body was left unread, so this connection cannot
+            // carry another request; saying so keeps the sender's pool from
+            // reusing it as it closes (which would fail a write that may
+            // not be retried).
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             if let Some(p) = primary
                 .as_deref()
                 .and_then(|p| HeaderValue::from_str(p).ok())
@@ -144,4 +159,16 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The chain of sources under an error, for the log: hyper's own messages
+/// ("client error (SendRequest)") name the step, their sources the reason.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = Vec::new();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push(e.to_string());
+        next = e.source();
+    }
+    out.join(": ")
 }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod classify;
 pub mod client;
 pub mod errors;
+mod fence;
 pub mod headers;
 pub mod health;
 mod redirect;
@@ -42,6 +43,14 @@ use replay_body::ReplayBody;
 /// How long a write waits between tries while the primary is unreachable
 /// or moving (bounded overall by `routing.primary_wait`).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often a held write looks again at a leader whose lease lapsed; a
+/// renewal also wakes it at once.
+const LEASE_RECHECK: Duration = Duration::from_millis(10);
+
+/// How long a forwarded write waits on a leader whose lease has not
+/// started (or lapsed) before it is sent back with `421`.
+const LEASE_GRACE: Duration = Duration::from_millis(300);
 
 const LITEGATE_FORWARDED_BY: http::HeaderName =
     http::HeaderName::from_static("litegate-forwarded-by");
@@ -156,6 +165,23 @@ impl Proxy {
         {
             self.source.observe(term, primary);
         }
+        let mut state = self.primary.current();
+        if state.role == Role::Primary && !state.may_write(Instant::now()) {
+            // A leader just elected has its first quorum acknowledgement a
+            // heartbeat away: wait for it rather than send the write back.
+            let until = Instant::now() + LEASE_GRACE;
+            let mut watch = self.primary.clone();
+            while state.role == Role::Primary && !state.may_write(Instant::now()) {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                watch.changed_before(until.min(now + LEASE_RECHECK)).await;
+                state = self.primary.current();
+            }
+        }
+        // Counted before the fence is checked; see `to_primary`.
+        let in_flight = self.source.track_write();
         let state = self.primary.current();
         let outcome = if !self.source.admits(&state, sender_term) {
             Outcome {
@@ -194,6 +220,18 @@ impl Proxy {
                     resp.headers_mut().insert(LITEGATE_TXID, hex);
                 }
                 resp
+            });
+            drop(in_flight);
+            // Deposed just before the write left: the sender may re-route it.
+            let result = result.map_err(|e| match e {
+                ProxyError::Fenced => {
+                    let now = self.primary.current();
+                    ProxyError::NotPrimary {
+                        term: now.term,
+                        primary: now.primary.as_deref().map(str::to_owned),
+                    }
+                }
+                other => other,
             });
             Outcome {
                 class,
@@ -347,19 +385,52 @@ impl Proxy {
     }
 
     /// Sends a prepared request to this node's app (lifecycle steps 5–6).
+    /// A request that needs the primary goes through the fenced pool
+    /// (`fence.rs`), so it cannot leave after this node was deposed.
     async fn to_app(&self, prepared: Prepared) -> Result<Response<ProxyBody>, ProxyError> {
         let Prepared {
             mut parts,
             body,
             client_version,
             client_upgrade,
+            needs_primary,
             ..
         } = prepared;
         stamp_role(&mut parts.headers, &self.primary.current());
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
-        let resp = self.upstream.send(Request::from_parts(parts, body)).await?;
+        let resp = if needs_primary {
+            let body = whole_if_small(&parts.headers, body).await?;
+            self.upstream
+                .send_write(Request::from_parts(parts, body))
+                .await?
+        } else {
+            let req = Request::from_parts(parts, body);
+            self.upstream.send(req).await?
+        };
         Ok(relay(resp, client_upgrade, client_version))
+    }
+
+    /// One try of a write at this node's app as the primary, its body from
+    /// `replay` so a fenced try (nothing sent) can go elsewhere.
+    async fn write_here(
+        &self,
+        prepared: &mut Prepared,
+        replay: &ReplayBody,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let parts = &prepared.parts;
+        let mut req = Request::new(whole_if_small(&parts.headers, replay.attempt()).await?);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = self.upstream.uri_for(parts.uri.path_and_query());
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = parts.headers.clone();
+        stamp_role(req.headers_mut(), &self.primary.current());
+        let resp = self.upstream.send_write(req).await?;
+        Ok(relay(
+            resp,
+            prepared.client_upgrade.take(),
+            prepared.client_version,
+        ))
     }
 
     /// A request only the primary's app may serve: here if this node is the
@@ -384,22 +455,54 @@ impl Proxy {
         let mut tries = 0u32;
         loop {
             let state = watch.current();
+            let now = Instant::now();
             let target = match (state.role, state.primary.as_deref()) {
-                (Role::Primary, _) => {
-                    if let Some(replay) = &replay {
-                        if !replay.can_replay() {
-                            return Outcome {
-                                class,
-                                route: Route::Rejected,
-                                result: Err(ProxyError::PrimaryMovedMidSend),
-                            };
-                        }
-                        prepared.body = replay.attempt();
+                (Role::Primary, _) if !state.may_write(now) => {
+                    // A leader whose lease lapsed may already be deposed:
+                    // hold the write until the lease is renewed or another
+                    // node takes over.
+                    if now >= deadline {
+                        return no_primary(Route::Rejected);
                     }
-                    let https = prepared.client_https;
-                    let mut result = self.to_app(prepared).await;
+                    watch
+                        .changed_before(deadline.min(now + LEASE_RECHECK))
+                        .await;
+                    continue;
+                }
+                (Role::Primary, _) => {
+                    // Counted before the second look, so a handoff that
+                    // starts now either sees this write or this write sees
+                    // the handoff.
+                    let in_flight = self.source.track_write();
+                    if !watch.current().may_write(Instant::now()) {
+                        continue;
+                    }
+                    let replay = replay.get_or_insert_with(|| {
+                        ReplayBody::new(std::mem::replace(&mut prepared.body, body::empty()))
+                    });
+                    if tries > 0 && !replay.can_replay() {
+                        return Outcome {
+                            class,
+                            route: Route::Rejected,
+                            result: Err(ProxyError::PrimaryMovedMidSend),
+                        };
+                    }
+                    tries += 1;
+                    let mut result = self.write_here(&mut prepared, replay).await;
+                    drop(in_flight);
+                    if let Err(ProxyError::Fenced) = result {
+                        // Deposed between the check above and the send;
+                        // nothing left: route it again.
+                        tracing::debug!("a write was fenced before it left; re-routing");
+                        metrics::count_forward_retry();
+                        continue;
+                    }
                     if let Ok(resp) = &mut result {
-                        self.set_txid_cookie(resp, self.position_after(class), https);
+                        self.set_txid_cookie(
+                            resp,
+                            self.position_after(class),
+                            prepared.client_https,
+                        );
                     }
                     return Outcome {
                         class,
@@ -565,6 +668,39 @@ impl server::Handler for Proxy {
         let ip = peer.ip().to_canonical();
         self.trusted_proxies.iter().any(|net| net.0.contains(&ip))
     }
+}
+
+/// A write's body read in full before it is sent, when its declared length
+/// is small: then the app gets head and body in one go, right after the
+/// fence's check, and a pause can no longer fall between them (`fence.rs`).
+/// Larger and chunked bodies stream as they come.
+async fn whole_if_small(headers: &HeaderMap, body: ProxyBody) -> Result<ProxyBody, ProxyError> {
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len <= replay_body::REPLAY_LIMIT);
+    if !small {
+        return Ok(body);
+    }
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ProxyError::BadRequest("the request body was cut short"));
+        };
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > replay_body::REPLAY_LIMIT {
+                return Err(ProxyError::BadRequest(
+                    "the request body is longer than its Content-Length",
+                ));
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    let bytes = whole.freeze();
+    Ok(body::full(bytes))
 }
 
 /// An app's (or the primary's) response on its way to the client: joined

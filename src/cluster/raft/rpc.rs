@@ -1,0 +1,97 @@
+//! The receiving side of Raft's RPCs: `POST /_litegate/raft/{append, vote,
+//! pre-vote, snapshot, transfer-leader}` on the cluster listener, already
+//! authenticated by [`ClusterService`](crate::cluster::server::ClusterService).
+//! A message from another cluster is refused before openraft sees it.
+
+use http::{HeaderName, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{LitegateRaft, TypeConfig};
+use crate::cluster::raft::store::IdentityFile;
+use crate::proxy::body::{self, ProxyBody};
+
+/// The sender's cluster id on every Raft message.
+pub const CLUSTER_ID_HEADER: HeaderName = HeaderName::from_static("litegate-cluster-id");
+
+/// Raft messages here are small (leadership only), but a snapshot carries
+/// the membership; this bounds what a peer can make us buffer.
+const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FullSnapshot {
+    pub vote: VoteOf<TypeConfig>,
+    pub meta: SnapshotMetaOf<TypeConfig>,
+    pub data: Vec<u8>,
+}
+
+pub async fn handle(
+    raft: &LitegateRaft,
+    identity: &IdentityFile,
+    endpoint: &str,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let sender_cluster = req
+        .headers()
+        .get(&CLUSTER_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Err(reason) = identity.admit(sender_cluster.as_deref()) {
+        tracing::warn!(%reason, "refused a Raft message from another cluster");
+        return body::text_response(StatusCode::CONFLICT, format!("{reason}\n"));
+    }
+    let bytes = match Limited::new(req.into_body(), MAX_RPC_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return body::text_response(
+                StatusCode::BAD_REQUEST,
+                format!("Raft message too large or cut short: {e}\n"),
+            )
+        }
+    };
+    match endpoint {
+        "append" => answer(&bytes, |rpc| raft.append_entries(rpc)).await,
+        "vote" => answer(&bytes, |rpc| raft.vote(rpc)).await,
+        "pre-vote" => answer(&bytes, |rpc| raft.pre_vote(rpc)).await,
+        "transfer-leader" => answer(&bytes, |rpc| raft.handle_transfer_leader(rpc)).await,
+        "snapshot" => {
+            answer(&bytes, |rpc: FullSnapshot| {
+                let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta: rpc.meta,
+                    snapshot: rpc.data,
+                };
+                raft.install_full_snapshot(rpc.vote, snapshot)
+            })
+            .await
+        }
+        _ => body::text_response(StatusCode::NOT_FOUND, "no such Raft endpoint\n"),
+    }
+}
+
+/// Decodes the request, hands it to openraft, encodes its answer. An error
+/// from openraft means this node's Raft is stopping: 503, and the sender
+/// treats it as a failed RPC.
+async fn answer<Req, Resp, E, F>(bytes: &[u8], call: impl FnOnce(Req) -> F) -> Response<ProxyBody>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<Resp, E>>,
+{
+    let rpc = match serde_json::from_slice::<Req>(bytes) {
+        Ok(rpc) => rpc,
+        Err(e) => {
+            return body::text_response(
+                StatusCode::BAD_REQUEST,
+                format!("not a Raft message: {e}\n"),
+            )
+        }
+    };
+    match call(rpc).await {
+        Ok(resp) => body::json_response(StatusCode::OK, &resp),
+        Err(e) => body::text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}

@@ -1,0 +1,426 @@
+//! `primary.mode = "raft"`: the Raft leader is the primary.
+//!
+//! One task follows openraft's metrics and publishes `{role, term, primary,
+//! lease_deadline}` into the [`PrimaryCell`] the request path reads without
+//! a lock. The leader may pass writes to its app only until
+//! `last quorum acknowledgement + election_timeout_min`: followers promise
+//! not to elect anyone for `election_timeout_max` after a heartbeat they
+//! acknowledged, so the difference covers clock drift and the moment
+//! between the check and the write reaching the app.
+//!
+//! Handoff ([`RaftLeadership::handoff`]) stops taking writes here, lets the
+//! writes already at the app finish, and transfers leadership to the most
+//! up-to-date app node; the held writes then go to the new leader. A
+//! witness never routes writes: if it is elected it hands off at once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{RaftMetrics, ServerState};
+use serde_json::json;
+
+use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role};
+use crate::cluster::raft::{LitegateRaft, TypeConfig};
+use crate::config::Config;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+
+/// How long a handoff lets writes already at the app finish before it
+/// moves leadership anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Member {
+    name: Arc<str>,
+    witness: bool,
+}
+
+pub struct RaftLeadership {
+    raft: LitegateRaft,
+    cell: Arc<PrimaryCell>,
+    me: u64,
+    witness: bool,
+    members: BTreeMap<u64, Member>,
+    write_lease: Duration,
+    election_timeout_max: Duration,
+    handing_off: AtomicBool,
+    /// Writes this node's app is serving as the primary.
+    writes_in_flight: AtomicUsize,
+    /// The term a witness last handed off in, so it asks once per term.
+    witness_handoff_term: AtomicU64,
+}
+
+impl std::fmt::Debug for RaftLeadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLeadership")
+            .field("me", &self.me)
+            .field("state", &self.cell.current())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a write at the app while it is held; see [`RaftLeadership::handoff`].
+#[derive(Debug)]
+pub struct WriteGuard(Arc<RaftLeadership>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.0.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("this node is not the leader; {}", .0.as_deref().map_or("no leader is known".to_owned(), |l| format!("the leader is {l}")))]
+    NotLeader(Option<String>),
+    #[error("{0:?} is not an app node of this cluster (witnesses cannot lead)")]
+    NoSuchTarget(String),
+    #[error("no app node has acknowledged this leader recently; nobody to hand off to")]
+    NoTarget,
+    #[error("a handoff is already under way")]
+    InProgress,
+    #[error("{target} did not take over within {}; this node stays the leader", humantime::format_duration(*.waited))]
+    TimedOut { target: String, waited: Duration },
+    #[error("Raft stopped: {0}")]
+    Stopped(String),
+}
+
+impl RaftLeadership {
+    pub fn new(raft: LitegateRaft, config: &Config) -> Arc<Self> {
+        let members = config
+            .cluster
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    Member {
+                        name: Arc::from(p.name.as_str()),
+                        witness: p.witness,
+                    },
+                )
+            })
+            .collect();
+        let [lo, hi] = config.cluster.election_timeout;
+        metrics::set_is_primary(false);
+        Arc::new(Self {
+            raft,
+            cell: PrimaryCell::new(PrimaryState::unknown()),
+            me: config.node.id.unwrap_or_default(),
+            witness: config.node.witness,
+            members,
+            write_lease: lo.get(),
+            election_timeout_max: hi.get(),
+            handing_off: AtomicBool::new(false),
+            writes_in_flight: AtomicUsize::new(0),
+            witness_handoff_term: AtomicU64::new(0),
+        })
+    }
+
+    pub fn watch(&self) -> PrimaryWatch {
+        self.cell.watch()
+    }
+
+    pub fn raft(&self) -> &LitegateRaft {
+        &self.raft
+    }
+
+    fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn track_write(self: &Arc<Self>) -> WriteGuard {
+        // SeqCst pairs with the handoff's flag and count (a Dekker-style
+        // handshake): either the handoff sees this write, or this write,
+        // looking again after counting itself, sees the handoff.
+        self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        WriteGuard(Arc::clone(self))
+    }
+
+    fn state_from(&self, m: &RaftMetrics<TypeConfig>) -> PrimaryState {
+        let unknown = PrimaryState {
+            term: m.current_term,
+            ..PrimaryState::unknown()
+        };
+        if self.handing_off.load(Ordering::SeqCst) {
+            return unknown;
+        }
+        match m.current_leader {
+            Some(id) if id == self.me && m.state == ServerState::Leader => {
+                if self.witness {
+                    return unknown;
+                }
+                let voters = m.membership_config.membership().voter_ids().count();
+                // A lone voter has nobody who could elect another leader.
+                let lease_deadline = (voters > 1).then(|| {
+                    let now = Instant::now();
+                    m.last_quorum_acked.as_ref().map_or(now, |acked| {
+                        now.checked_sub(age(**acked)).unwrap_or(now) + self.write_lease
+                    })
+                });
+                PrimaryState {
+                    role: Role::Primary,
+                    term: m.current_term,
+                    primary: self.members.get(&id).map(|p| Arc::clone(&p.name)),
+                    lease_deadline,
+                }
+            }
+            Some(id) if id != self.me => match self.members.get(&id) {
+                Some(p) if !p.witness => PrimaryState {
+                    role: Role::Replica,
+                    term: m.current_term,
+                    primary: Some(Arc::clone(&p.name)),
+                    lease_deadline: None,
+                },
+                // Leadership is on its way from a witness to an app node.
+                _ => unknown,
+            },
+            _ => unknown,
+        }
+    }
+
+    fn publish(&self, m: &RaftMetrics<TypeConfig>) {
+        let state = self.state_from(m);
+        let (role, term, primary) = (state.role, state.term, state.primary.clone());
+        if self.cell.publish(state) {
+            tracing::info!(
+                role = role.as_str(),
+                term,
+                primary = primary.as_deref().unwrap_or("-"),
+                "leadership changed"
+            );
+            metrics::set_is_primary(role == Role::Primary);
+            metrics::count_primary_change();
+        }
+        metrics::set_raft_term(term);
+    }
+
+    /// Follows openraft's metrics until shutdown: publishes leadership,
+    /// and on a witness decides when it may campaign and hands off any
+    /// leadership it wins.
+    pub fn spawn(self: &Arc<Self>, mut stop: Shutdown) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut metrics = this.raft.metrics();
+            let mut witness_tick = tokio::time::interval(this.election_timeout_max / 2);
+            loop {
+                let m = metrics.borrow_watched().clone();
+                this.publish(&m);
+                if this.witness {
+                    this.witness_duties(&m).await;
+                }
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { break },
+                    _ = witness_tick.tick(), if this.witness => {}
+                    () = stop.begun() => break,
+                }
+            }
+        });
+    }
+
+    async fn witness_duties(self: &Arc<Self>, m: &RaftMetrics<TypeConfig>) {
+        if m.state == ServerState::Leader
+            && self
+                .witness_handoff_term
+                .swap(m.current_term, Ordering::AcqRel)
+                != m.current_term
+        {
+            tracing::info!(
+                term = m.current_term,
+                "this witness was elected; handing leadership to an app node"
+            );
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(error) = this.handoff(None).await {
+                    tracing::warn!(%error, "the witness could not hand off leadership yet");
+                    // Ask again at the next tick.
+                    this.witness_handoff_term.store(0, Ordering::Release);
+                }
+            });
+            return;
+        }
+        // Campaign only after the app nodes had two full election timeouts
+        // to elect one of themselves.
+        let silent_for = self
+            .raft
+            .with_raft_state(|st| st.vote_last_modified().map(age))
+            .await
+            .ok()
+            .flatten();
+        let may_campaign = m.state != ServerState::Leader
+            && silent_for.is_none_or(|d| d > self.election_timeout_max * 2);
+        self.raft.runtime_config().elect(may_campaign);
+    }
+
+    /// Moves leadership to `to` (a node name) or the most up-to-date app
+    /// node, after the writes already at this node's app have finished.
+    /// New writes are held meanwhile, not failed; they go to the new leader.
+    pub async fn handoff(self: &Arc<Self>, to: Option<&str>) -> Result<String, HandoffError> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return Err(HandoffError::NotLeader(
+                m.current_leader
+                    .and_then(|id| self.members.get(&id))
+                    .map(|p| p.name.to_string()),
+            ));
+        }
+        let (target, name) = self.handoff_target(&m, to)?;
+        if self.handing_off.swap(true, Ordering::SeqCst) {
+            return Err(HandoffError::InProgress);
+        }
+        self.publish(&self.metrics());
+        let result = self.transfer(target, &name, m.current_term).await;
+        self.handing_off.store(false, Ordering::Release);
+        self.publish(&self.metrics());
+        result.map(|()| name)
+    }
+
+    async fn transfer(&self, target: u64, name: &str, term: u64) -> Result<(), HandoffError> {
+        let drain_until = Instant::now() + DRAIN_LIMIT;
+        while self.writes_in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= drain_until {
+                tracing::warn!(
+                    in_flight = self.writes_in_flight.load(Ordering::Acquire),
+                    "writes still at the app after {}; handing off anyway",
+                    humantime::format_duration(DRAIN_LIMIT)
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::info!(to = name, term, "handing leadership off");
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| HandoffError::Stopped(e.to_string()))?;
+        let waited = self.election_timeout_max * 4 + Duration::from_secs(1);
+        let mut metrics = self.raft.metrics();
+        let moved = tokio::time::timeout(waited, async {
+            loop {
+                {
+                    let m = metrics.borrow_watched();
+                    if m.current_term > term && m.state != ServerState::Leader {
+                        return true;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HandoffError::Stopped("metrics closed".into())),
+            Err(_) => Err(HandoffError::TimedOut {
+                target: name.to_owned(),
+                waited,
+            }),
+        }
+    }
+
+    fn handoff_target(
+        &self,
+        m: &RaftMetrics<TypeConfig>,
+        to: Option<&str>,
+    ) -> Result<(u64, String), HandoffError> {
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let app_nodes = voters
+            .iter()
+            .copied()
+            .filter(|id| *id != self.me && self.members.get(id).is_some_and(|p| !p.witness));
+        if let Some(name) = to {
+            return app_nodes
+                .into_iter()
+                .find(|id| self.members.get(id).is_some_and(|p| &*p.name == name))
+                .map(|id| (id, name.to_owned()))
+                .ok_or_else(|| HandoffError::NoSuchTarget(name.to_owned()));
+        }
+        let recent = self.election_timeout_max * 2;
+        let heard_recently = |id: &u64| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(id).cloned().flatten())
+                .is_some_and(|at| age(*at) < recent)
+        };
+        let matched = |id: &u64| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|log_id| log_id.index)
+        };
+        app_nodes
+            .filter(heard_recently)
+            // Most up-to-date first; among equals the lowest id, so the
+            // choice is predictable.
+            .max_by_key(|id| (matched(id), std::cmp::Reverse(*id)))
+            .and_then(|id| self.members.get(&id).map(|p| (id, p.name.to_string())))
+            .ok_or(HandoffError::NoTarget)
+    }
+
+    /// The Raft part of `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let m = self.metrics();
+        let name = |id: &u64| self.members.get(id).map(|p| p.name.to_string());
+        let peers: Vec<_> = self
+            .members
+            .iter()
+            .map(|(id, p)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index);
+                let acked_ms_ago = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id).cloned().flatten())
+                    .map(|at| age(*at).as_millis() as u64);
+                json!({
+                    "id": id,
+                    "name": p.name.as_ref(),
+                    "witness": p.witness,
+                    "leader": m.current_leader == Some(*id),
+                    "matched_index": matched,
+                    "last_ack_ms_ago": acked_ms_ago,
+                })
+            })
+            .collect();
+        json!({
+            "node_id": self.me,
+            "witness": self.witness,
+            "state": format!("{:?}", m.state),
+            "term": m.current_term,
+            "leader": m.current_leader.as_ref().and_then(name),
+            "last_log_index": m.last_log_index,
+            "committed_index": m.cluster_committed.map(|l| l.index),
+            "applied_index": m.last_applied.map(|l| l.index),
+            "quorum_ack_ms_ago": self.quorum_ack_age(&m).map(|d| d.as_millis() as u64),
+            "handing_off": self.handing_off.load(Ordering::Acquire),
+            "peers": peers,
+        })
+    }
+
+    fn quorum_ack_age(&self, m: &RaftMetrics<TypeConfig>) -> Option<Duration> {
+        match (&m.state, &m.last_quorum_acked) {
+            (ServerState::Leader, Some(at)) => Some(age(**at)),
+            _ => None,
+        }
+    }
+
+    /// Gauges that age between Raft events, brought up to date for a scrape.
+    pub fn refresh_gauges(&self) {
+        let m = self.metrics();
+        metrics::set_raft_term(m.current_term);
+        metrics::set_raft_last_quorum_ack(self.quorum_ack_age(&m));
+    }
+}
+
+/// How long ago an instant of openraft's clock was.
+fn age<I: openraft::Instant>(at: I) -> Duration {
+    I::now() - at
+}
