@@ -341,23 +341,12 @@ impl RaftLeadership {
                 .ok_or_else(|| HandoffError::NoSuchTarget(name.to_owned()));
         }
         let recent = self.election_timeout_max * 2;
-        let heard_recently = |id: &u64| {
-            m.heartbeat
-                .as_ref()
-                .and_then(|h| h.get(id).cloned().flatten())
-                .is_some_and(|at| age(*at) < recent)
-        };
-        let matched = |id: &u64| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map(|log_id| log_id.index)
-        };
+        let heard_recently = |id: &u64| ack_age(m, *id).is_some_and(|a| a < recent);
         app_nodes
             .filter(heard_recently)
             // Most up-to-date first; among equals the lowest id, so the
             // choice is predictable.
-            .max_by_key(|id| (matched(id), std::cmp::Reverse(*id)))
+            .max_by_key(|id| (matched_index(m, *id), std::cmp::Reverse(*id)))
             .and_then(|id| self.members.get(&id).map(|p| (id, p.name.to_string())))
             .ok_or(HandoffError::NoTarget)
     }
@@ -370,16 +359,8 @@ impl RaftLeadership {
             .members
             .iter()
             .map(|(id, p)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|l| l.index);
-                let acked_ms_ago = m
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(id).cloned().flatten())
-                    .map(|at| age(*at).as_millis() as u64);
+                let matched = matched_index(&m, *id);
+                let acked_ms_ago = ack_age(&m, *id).map(|a| a.as_millis() as u64);
                 json!({
                     "id": id,
                     "name": p.name.as_ref(),
@@ -423,4 +404,20 @@ impl RaftLeadership {
 /// How long ago an instant of openraft's clock was.
 fn age<I: openraft::Instant>(at: I) -> Duration {
     I::now() - at
+}
+
+/// Leader only: how far `id`'s log is known to match ours.
+fn matched_index(m: &RaftMetrics<TypeConfig>, id: u64) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|log_id| log_id.index)
+}
+
+/// Leader only: how long ago `id` last acknowledged us.
+fn ack_age(m: &RaftMetrics<TypeConfig>, id: u64) -> Option<Duration> {
+    m.heartbeat
+        .as_ref()
+        .and_then(|h| h.get(&id).cloned().flatten())
+        .map(|at| age(*at))
 }

@@ -40,23 +40,19 @@ impl StaticPrimary {
         names: HashSet<String>,
         initial: &str,
     ) -> Result<Self, String> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            format!(
-                "config key `cluster.data_dir`: cannot create {}: {e}",
-                data_dir.display()
-            )
-        })?;
+        durable::ensure_data_dir(data_dir)?;
         let path = data_dir.join(STATE_FILE);
-        let epoch = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Epoch>(&bytes).map_err(|e| {
-                format!("{} is damaged ({e}); restore it from a backup or remove it to rejoin at the cluster's epoch", path.display())
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let first = Epoch { epoch: 1, primary: initial.to_owned() };
+        let damaged = "restore it from a backup or remove it to rejoin at the cluster's epoch";
+        let epoch = match durable::read_json::<Epoch>(&path, damaged)? {
+            Some(epoch) => epoch,
+            None => {
+                let first = Epoch {
+                    epoch: 1,
+                    primary: initial.to_owned(),
+                };
                 persist(&path, &first)?;
                 first
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         if !names.contains(&epoch.primary) {
             return Err(format!(

@@ -37,6 +37,9 @@ const IDENTITY_FILE: &str = "identity.json";
 const LOG_FILE: &str = "raft-log.json";
 const SNAPSHOT_FILE: &str = "raft-snapshot.json";
 
+/// What to do about a damaged file in the data dir.
+const RESTORE: &str = "restore cluster.data_dir from a backup";
+
 /// Which node and cluster a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -58,21 +61,11 @@ impl IdentityFile {
     /// Opens (or creates) the identity of `data_dir` for `node_id`. A
     /// directory written by another node stops the start.
     pub fn open(data_dir: &Path, node_id: u64) -> Result<Self, String> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            format!(
-                "config key `cluster.data_dir`: cannot create {}: {e}",
-                data_dir.display()
-            )
-        })?;
+        durable::ensure_data_dir(data_dir)?;
         let path = data_dir.join(IDENTITY_FILE);
-        let identity = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Identity>(&bytes).map_err(|e| {
-                format!(
-                    "{} is damaged ({e}); restore cluster.data_dir from a backup",
-                    path.display()
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let identity = match durable::read_json::<Identity>(&path, RESTORE)? {
+            Some(identity) => identity,
+            None => {
                 if data_dir.join(LOG_FILE).exists() {
                     return Err(format!(
                         "{} holds a Raft log but no {IDENTITY_FILE}: it was not written by this litegate; point cluster.data_dir at this node's own directory",
@@ -86,7 +79,6 @@ impl IdentityFile {
                 write_json(&path, &fresh)?;
                 fresh
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         if identity.node_id != node_id {
             return Err(format!(
@@ -172,16 +164,8 @@ pub struct LogStore {
 impl LogStore {
     pub fn open(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join(LOG_FILE);
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<LogFile>(&bytes).map_err(|e| {
-                format!(
-                    "{} is damaged ({e}); restore cluster.data_dir from a backup, or empty it to rejoin as a new node",
-                    path.display()
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => LogFile::default(),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
+        let damaged = "restore cluster.data_dir from a backup, or empty it to rejoin as a new node";
+        let state = durable::read_json::<LogFile>(&path, damaged)?.unwrap_or_default();
         Ok(Self {
             path: Arc::new(path),
             state: Arc::new(Mutex::new(state)),
@@ -195,10 +179,7 @@ impl LogStore {
             change(&mut state);
             serde_json::to_vec(&*state).map_err(io::Error::other)?
         };
-        let path = Arc::clone(&self.path);
-        tokio::task::spawn_blocking(move || durable::replace_file(&path, &bytes))
-            .await
-            .map_err(io::Error::other)?
+        durable::replace_file_off_thread(Arc::clone(&self.path), bytes).await
     }
 }
 
@@ -321,18 +302,7 @@ impl StateMachine {
     /// log after it.
     pub fn open(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join(SNAPSHOT_FILE);
-        let snapshot = match std::fs::read(&path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice::<SnapshotMetaOf<TypeConfig>>(&bytes).map_err(|e| {
-                    format!(
-                        "{} is damaged ({e}); restore cluster.data_dir from a backup",
-                        path.display()
-                    )
-                })?,
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
+        let snapshot = durable::read_json::<SnapshotMetaOf<TypeConfig>>(&path, RESTORE)?;
         let applied = snapshot
             .as_ref()
             .map(|meta| Applied {
@@ -349,10 +319,7 @@ impl StateMachine {
 
     async fn save_snapshot(&self, meta: SnapshotMetaOf<TypeConfig>) -> io::Result<()> {
         let bytes = serde_json::to_vec(&meta).map_err(io::Error::other)?;
-        let path = Arc::clone(&self.path);
-        tokio::task::spawn_blocking(move || durable::replace_file(&path, &bytes))
-            .await
-            .map_err(io::Error::other)??;
+        durable::replace_file_off_thread(Arc::clone(&self.path), bytes).await?;
         *lock(&self.snapshot) = Some(meta);
         Ok(())
     }
