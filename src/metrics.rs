@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §8): names, help texts, buckets, and the
+//! Prometheus metrics (docs/design.md §8): names, help texts, buckets, and the
 //! recorder, rendered by the admin listener rather than a listener of its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! The admin listener (DESIGN §6): health, readiness, role, status and
+//! The admin listener (docs/design.md §6): health, readiness, role, status and
 //! metrics for operators and orchestrators, and the operator's actions.
 //! Loopback by default.
 
@@ -231,7 +231,7 @@ fn authorize(
 }
 
 /// Raft mode: the leader hands leadership to `?to=NAME` or the most
-/// up-to-date app node (DESIGN §5).
+/// up-to-date app node (docs/design.md §5).
 async fn handoff(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
     let PrimarySource::Raft(leadership) = &*state.source else {
         return body::text_response(

@@ -1,4 +1,4 @@
-//! Telling the app its role (DESIGN §4, `[hooks]`), for work only the
+//! Telling the app its role (docs/design.md §4, `[hooks]`), for work only the
 //! primary may do:
 //!
 //! - `role_file` is rewritten atomically: `primary`, or `replica <name>`

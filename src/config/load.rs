@@ -9,7 +9,7 @@ use toml::{Table, Value};
 
 use super::{validate, Config};
 
-/// The sections of DESIGN §9, longest first so `LITEGATE_CONSISTENCY_…` is
+/// The sections of docs/design.md §9, longest first so `LITEGATE_CONSISTENCY_…` is
 /// never read as a shorter section's key.
 const SECTIONS: &[&str] = &[
     "consistency",

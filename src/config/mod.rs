@@ -1,4 +1,4 @@
-//! Configuration: the TOML schema of DESIGN.md §9, environment overrides and
+//! Configuration: the TOML schema of docs/design.md §9, environment overrides and
 //! validation. Every error names the key it is about and how to fix it.
 
 mod load;
@@ -50,7 +50,7 @@ impl Default for NodeConfig {
     }
 }
 
-/// `$FLY_MACHINE_ID`, else the kernel's hostname, as DESIGN §9 says.
+/// `$FLY_MACHINE_ID`, else the kernel's hostname, as docs/design.md §9 says.
 fn default_node_name() -> String {
     if let Ok(id) = std::env::var("FLY_MACHINE_ID") {
         if !id.is_empty() {
@@ -199,7 +199,7 @@ pub struct Peer {
     /// Empty for a witness, which has no app to send clients to.
     #[serde(default)]
     pub public_url: String,
-    /// A voter with no app (DESIGN §4): never routed to.
+    /// A voter with no app (docs/design.md §4): never routed to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub witness: bool,
 }

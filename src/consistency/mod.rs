@@ -1,4 +1,4 @@
-//! Read-your-writes (DESIGN §3). After a write, the client gets the
+//! Read-your-writes (docs/design.md §3). After a write, the client gets the
 //! primary's replication position in the `__txid` cookie; a later read on a
 //! replica waits until the local position reaches it.
 //!

@@ -1,5 +1,5 @@
 //! Deciding, from the request line and headers alone, whether a request is a
-//! read the local app may serve or must reach the primary (DESIGN §2).
+//! read the local app may serve or must reach the primary (docs/design.md §2).
 
 use http::{HeaderMap, HeaderValue, Method};
 

@@ -1,6 +1,6 @@
 //! Every way a proxied request can fail, classified by where the fault lies
 //! and whether the request may be sent again, and turned into the response a
-//! client sees — in this one place (DESIGN §7).
+//! client sees — in this one place (docs/design.md §7).
 
 use std::time::Duration;
 
@@ -69,7 +69,7 @@ impl ProxyError {
     }
 
     /// True only when no byte of the request can have reached an app, so
-    /// sending it again cannot apply a write twice (DESIGN §2).
+    /// sending it again cannot apply a write twice (docs/design.md §2).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -1,4 +1,4 @@
-//! Header rules of DESIGN §2: what is hop-by-hop, what a client may not set,
+//! Header rules of docs/design.md §2: what is hop-by-hop, what a client may not set,
 //! and the `X-Forwarded-*` chain.
 
 use std::net::IpAddr;

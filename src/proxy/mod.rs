@@ -135,7 +135,7 @@ impl Proxy {
     }
 
     /// A client request, start to finish. Never fails: every error becomes
-    /// the response DESIGN §7 describes.
+    /// the response docs/design.md §7 describes.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let outcome = match self.prepare(req, conn) {
@@ -376,7 +376,7 @@ impl Proxy {
     }
 
     /// Gives the client the position its write reached, so its next read on
-    /// any replica waits for it (DESIGN §3).
+    /// any replica waits for it (docs/design.md §3).
     fn set_txid_cookie(&self, resp: &mut Response<ProxyBody>, txid: Option<u64>, https: bool) {
         if let (Some(txid), Some(_)) = (txid, &self.position) {
             resp.headers_mut()
