@@ -168,7 +168,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     }
 
     let target = validate_upstream_url(&config.upstream.url)?;
-    let upstream = UpstreamClient::new(&config.upstream, &target, source.watch());
+    let upstream = UpstreamClient::new(&config.upstream, &target);
     let health = Arc::new(UpstreamHealth::default());
     if !config.node.witness {
         health.spawn_prober(

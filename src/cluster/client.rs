@@ -77,21 +77,23 @@ impl PeerClient {
             .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))
     }
 
-    /// Sends a request to a peer; the response head must come within the
-    /// forwarding timeout. A connect failure means nothing was sent.
-    pub async fn send(
+    /// Sends a forwarded write to a peer, with the shared secret. Unbounded
+    /// in time: the caller knows when the peer admitted the write, and
+    /// bounds the wait before and after that differently (`forward.rs`).
+    pub async fn forward(
         &self,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         if let Some(secret) = &self.secret {
             req.headers_mut().insert(SECRET_HEADER, secret.header());
         }
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::PeerUnreachable(e.into())),
-            Ok(Err(e)) => Err(ProxyError::UpstreamBroken(e.into())),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+        self.client.request(req).await
+    }
+
+    /// How long a forwarded write waits for the primary's response head
+    /// once the primary admitted it.
+    pub fn forward_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A small JSON request to a peer's `/_litegate/…` endpoint.

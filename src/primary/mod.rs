@@ -46,20 +46,28 @@ impl PrimarySource {
         }
     }
 
+    /// The right to pass one write to this node's app, if this node may
+    /// write now. Counted as in flight before the look, so a Raft handoff
+    /// that starts now either sees this write or this write sees the
+    /// handoff (a Dekker-style handshake with the handoff's flag).
+    pub fn write_permit(&self, watch: &PrimaryWatch) -> Option<WritePermit> {
+        watch.permit(self.track_write())
+    }
+
     /// Whether a write forwarded under `sender_term` may reach this node's
-    /// app now: this node must be the primary, at that term where terms are
-    /// comparable across nodes.
-    pub fn admits(&self, state: &PrimaryState, sender_term: Option<u64>) -> bool {
-        state.may_write(Instant::now())
-            && match self {
-                PrimarySource::Dev(_) | PrimarySource::Static(_) => sender_term == Some(state.term),
-                // The lease above is the fence. A sender that is behind
-                // still reached the leader; one that knows a newer term
-                // knows this node is deposed.
-                PrimarySource::Raft(_) => sender_term.is_none_or(|t| t <= state.term),
-                // LiteFS fences its own writes and has no cluster-wide term.
-                PrimarySource::Litefs(_) => true,
-            }
+    /// app under `permit`: at that term, where terms are comparable across
+    /// nodes.
+    pub fn admits(&self, permit: &WritePermit, sender_term: Option<u64>) -> bool {
+        let term = permit.term();
+        match self {
+            PrimarySource::Dev(_) | PrimarySource::Static(_) => sender_term == Some(term),
+            // The permit's lease is the fence. A sender that is behind
+            // still reached the leader; one that knows a newer term knows
+            // this node is deposed.
+            PrimarySource::Raft(_) => sender_term.is_none_or(|t| t <= term),
+            // LiteFS fences its own writes and has no cluster-wide term.
+            PrimarySource::Litefs(_) => true,
+        }
     }
 
     /// A peer told us the primary is `primary` at `term` (a `421` answer,
@@ -71,6 +79,28 @@ impl PrimarySource {
                 primary: primary.to_owned(),
             });
         }
+    }
+}
+
+/// The right to pass one write to this node's app: taken when the write is
+/// admitted, and asked again by the fence (`proxy/fence.rs`) before every
+/// socket write of that request. It holds while this node is still the
+/// primary at the term it was taken in, inside its lease.
+#[derive(Debug)]
+pub struct WritePermit {
+    term: u64,
+    cell: Arc<PrimaryCell>,
+    _in_flight: Option<WriteGuard>,
+}
+
+impl WritePermit {
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub fn holds(&self, now: Instant) -> bool {
+        let state = self.cell.current();
+        state.term == self.term && state.may_write(now)
     }
 }
 
@@ -182,6 +212,17 @@ pub struct PrimaryWatch {
 impl PrimaryWatch {
     pub fn current(&self) -> Arc<PrimaryState> {
         self.cell.current()
+    }
+
+    /// A write permit if this node may write now; `in_flight` (counted by
+    /// the caller before this look) lives as long as the permit.
+    pub fn permit(&self, in_flight: Option<WriteGuard>) -> Option<WritePermit> {
+        let state = self.current();
+        state.may_write(Instant::now()).then(|| WritePermit {
+            term: state.term,
+            cell: Arc::clone(&self.cell),
+            _in_flight: in_flight,
+        })
     }
 
     /// Waits until the leadership changes (or a lapsed lease is renewed)

@@ -16,24 +16,24 @@ use tower::limit::ConcurrencyLimit;
 use tower::{Service, ServiceExt};
 
 use crate::config::UpstreamConfig;
-use crate::primary::PrimaryWatch;
 
 use super::body::ProxyBody;
-use super::errors::ProxyError;
-use super::fence::{self, FencedConnector};
+use super::errors::{ProxyError, Sent};
+use super::fence::Attempt;
+use super::write_pool::WritePool;
 
 #[derive(Clone)]
 pub struct UpstreamClient {
     service: ConcurrencyLimit<Client<HttpConnector, ProxyBody>>,
-    writes: ConcurrencyLimit<Client<FencedConnector, ProxyBody>>,
+    writes: Arc<WritePool>,
+    in_flight: Arc<Semaphore>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
 }
 
 impl UpstreamClient {
-    /// `primary` fences the writes: see [`UpstreamClient::send_write`].
-    pub fn new(config: &UpstreamConfig, target: &Uri, primary: PrimaryWatch) -> Self {
+    pub fn new(config: &UpstreamConfig, target: &Uri) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout.get()));
@@ -47,17 +47,25 @@ impl UpstreamClient {
             // The client's Host is the app's address; the user's Host is set
             // on every request before it gets here.
             .set_host(false);
-        let reads = builder.build(connector.clone());
-        let writes = builder.build(FencedConnector::new(connector, primary));
+        let reads = builder.build(connector);
         let in_flight = Arc::new(Semaphore::new(config.max_concurrency));
+        let authority = target
+            .authority()
+            .cloned()
+            .expect("upstream.url was validated to have a host");
+        let port = authority.port_u16().unwrap_or(80);
+        let writes = WritePool::new(
+            format!("{}:{port}", authority.host()),
+            config.connect_timeout.get(),
+            config.pool_idle_timeout.get(),
+            config.max_concurrency,
+        );
         Self {
             service: ConcurrencyLimit::with_semaphore(reads, Arc::clone(&in_flight)),
-            writes: ConcurrencyLimit::with_semaphore(writes, in_flight),
+            writes,
+            in_flight,
             scheme: target.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: target
-                .authority()
-                .cloned()
-                .expect("upstream.url was validated to have a host"),
+            authority,
             timeout: config.timeout.get(),
         }
     }
@@ -87,14 +95,30 @@ impl UpstreamClient {
     }
 
     /// As [`send`](Self::send), for a write that only the primary's app may
-    /// take: if this node stops being allowed to write before the request
-    /// leaves, it fails with [`ProxyError::Fenced`] and no byte of it
-    /// reached the app.
+    /// take, under `attempt`'s permit: if the permit lapses before the
+    /// request's first byte leaves, it fails with [`ProxyError::Fenced`]
+    /// and the app saw nothing of it. Every error's [`Sent`] is what the
+    /// connection recorded for this request.
     pub async fn send_write(
         &self,
         req: Request<ProxyBody>,
+        attempt: &Arc<Attempt>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        self.deadline(call(self.writes.clone(), req)).await
+        let exchange = async {
+            let _turn = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|e| ProxyError::UpstreamUnreachable(e.into()))?;
+            self.writes.send(req, attempt).await
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) if attempt.sent() == Sent::Nothing => Err(ProxyError::UpstreamUnreachable(
+                format!("the app took no write within {:?}", self.timeout).into(),
+            )),
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
+        }
     }
 
     async fn deadline(
@@ -122,8 +146,6 @@ where
     ready.call(req).await.map_err(|e| {
         if e.is_connect() {
             ProxyError::UpstreamUnreachable(e.into())
-        } else if fence::tripped_before_head(&e) {
-            ProxyError::Fenced
         } else {
             ProxyError::UpstreamBroken(e.into())
         }
@@ -139,6 +161,7 @@ mod tests {
     use super::*;
     use crate::primary::{PrimaryCell, PrimaryState, Role};
     use crate::proxy::body;
+    use crate::proxy::errors::Next;
 
     /// A loopback "app" that answers every request head with 200 and counts
     /// the bytes it received.
@@ -188,31 +211,53 @@ mod tests {
         req
     }
 
+    fn attempt(cell: &Arc<PrimaryCell>) -> Arc<Attempt> {
+        Attempt::new(cell.watch().permit(None).expect("primary"))
+    }
+
     #[tokio::test]
     async fn a_deposed_node_sends_no_byte_of_a_write() {
         let (uri, received) = counting_app().await;
         let cell = PrimaryCell::new(state(Role::Primary));
-        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri, cell.watch());
+        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri);
 
         // Primary: the write goes out, and the connection is kept.
-        let resp = client.send_write(post(&client)).await.unwrap();
+        let resp = client
+            .send_write(post(&client), &attempt(&cell))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let sent = received.load(Ordering::SeqCst);
         assert!(sent > 0);
 
-        // Deposed: fenced before the head, on the pooled connection.
+        // Deposed after the permit was taken: fenced before the head, on
+        // the pooled connection and on a fresh one.
+        let pooled = attempt(&cell);
+        let fresh = attempt(&cell);
         cell.publish(state(Role::Replica));
-        let err = client.send_write(post(&client)).await.unwrap_err();
+        let err = client.send_write(post(&client), &pooled).await.unwrap_err();
         assert!(matches!(err, ProxyError::Fenced), "{err:?}");
-        assert!(err.is_retryable());
-        // And on a fresh one.
-        let err = client.send_write(post(&client)).await.unwrap_err();
+        assert_eq!(err.sent(), Sent::Nothing);
+        assert_eq!(err.next(), Next::Resend);
+        let err = client.send_write(post(&client), &fresh).await.unwrap_err();
         assert!(matches!(err, ProxyError::Fenced), "{err:?}");
         assert_eq!(
             received.load(Ordering::SeqCst),
             sent,
             "the app got nothing more"
         );
+
+        // A permit of an older term does not hold under a newer one.
+        let old = attempt(&cell_at(1));
+        assert!(old.permit().holds(std::time::Instant::now()));
+        let cell2 = cell_at(1);
+        let old = attempt(&cell2);
+        cell2.publish(PrimaryState {
+            term: 2,
+            ..state(Role::Primary)
+        });
+        let err = client.send_write(post(&client), &old).await.unwrap_err();
+        assert!(matches!(err, ProxyError::Fenced), "{err:?}");
 
         // Reads are not fenced.
         let read = Request::builder()
@@ -221,5 +266,89 @@ mod tests {
             .body(body::empty())
             .unwrap();
         assert_eq!(client.send(read).await.unwrap().status(), 200);
+    }
+
+    fn cell_at(term: u64) -> Arc<PrimaryCell> {
+        PrimaryCell::new(PrimaryState {
+            term,
+            ..state(Role::Primary)
+        })
+    }
+
+    /// An app that answers as soon as it has the request head, before
+    /// reading the body, then reads (and counts) whatever body comes.
+    async fn early_answering_app() -> (Uri, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut answered = false;
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        counter.fetch_add(n, Ordering::SeqCst);
+                        if !answered {
+                            answered = true;
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(ok).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (uri, received)
+    }
+
+    /// Issue 10 item 4: an app that answers before it has read the body
+    /// used to make the fence think the next body chunk started a new
+    /// request, so a write fenced mid-body was reported as "nothing sent"
+    /// and re-routed: applied twice. The attempt now records what it wrote.
+    #[tokio::test]
+    async fn a_write_fenced_mid_body_after_an_early_answer_counts_as_sent() {
+        let (uri, received) = early_answering_app().await;
+        let cell = PrimaryCell::new(state(Role::Primary));
+        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri);
+        let (mut tx, streamed) =
+            http_body_util::channel::Channel::<bytes::Bytes, body::BoxError>::new(1);
+        let mut req = post(&client);
+        *req.body_mut() = body::stream(streamed);
+        req.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, "200000".parse().unwrap());
+        let attempt = attempt(&cell);
+        tx.send_data(bytes::Bytes::from(vec![b'a'; 1000]))
+            .await
+            .unwrap();
+        // The app answers 200 after the head and the first chunk.
+        let resp = client.send_write(req, &attempt).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(attempt.sent(), Sent::Maybe);
+        // Deposed mid-body: the next chunk is fenced, and the attempt
+        // still says the app saw part of this request.
+        cell.publish(state(Role::Replica));
+        let _ = tx.send_data(bytes::Bytes::from(vec![b'b'; 1000])).await;
+        let _ = tx.send_data(bytes::Bytes::from(vec![b'c'; 1000])).await;
+        drop(tx);
+        for _ in 0..200 {
+            if attempt.was_fenced() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            attempt.was_fenced(),
+            "the fence stopped the rest of the body"
+        );
+        assert_eq!(attempt.sent(), Sent::Maybe);
+        assert!(received.load(Ordering::SeqCst) > 0);
     }
 }

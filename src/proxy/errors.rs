@@ -20,6 +20,26 @@ pub enum Side {
     Internal,
 }
 
+/// Whether any byte of the request may have reached an app. Every error
+/// says which; only [`Sent::Nothing`] lets a write be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Provably nothing: no connection, a fence that tripped before this
+    /// request's first byte, or a peer that had not admitted it.
+    Nothing,
+    /// Some of it may be at an app, which may apply it.
+    Maybe,
+}
+
+/// What the write path does after a failed try: the one retry decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Route the write again (to the same or a new primary).
+    Resend,
+    /// Answer the client with this error.
+    Answer,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("the app could not be reached: {0}")]
@@ -30,6 +50,10 @@ pub enum ProxyError {
     UpstreamBroken(#[source] BoxError),
     #[error("the primary's litegate could not be reached: {0}")]
     PeerUnreachable(#[source] BoxError),
+    /// The link to the primary's litegate failed, or the primary changed,
+    /// before that litegate admitted the write (`forward.rs`).
+    #[error("the primary's litegate did not admit the write: {0}")]
+    PeerLost(#[source] BoxError),
     #[error("no primary is known; writes were held for {}", humantime::format_duration(*.waited))]
     NoPrimary { waited: Duration },
     #[error("the primary changed while this write was being sent; no app received it")]
@@ -41,6 +65,10 @@ pub enum ProxyError {
     /// Answered to a peer that sent a write here under a stale view.
     #[error("this node is not the primary at term {term}")]
     NotPrimary { term: u64, primary: Option<String> },
+    /// A write failed after some of it may have reached an app: it may or
+    /// may not have been applied, and it is never sent again.
+    #[error("the write may or may not have been applied: {0}")]
+    Indeterminate(#[source] Box<ProxyError>),
     #[error("cluster request not authenticated")]
     Unauthorized,
     #[error("this replica did not catch up with your last write within {}", humantime::format_duration(*.0))]
@@ -56,8 +84,10 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
-            | ProxyError::UpstreamBroken(_) => Side::Upstream,
-            ProxyError::PeerUnreachable(_) => Side::Upstream,
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::PeerUnreachable(_)
+            | ProxyError::PeerLost(_)
+            | ProxyError::Indeterminate(_) => Side::Upstream,
             ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
             ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
@@ -68,27 +98,66 @@ impl ProxyError {
         }
     }
 
-    /// True only when no byte of the request can have reached an app, so
-    /// sending it again cannot apply a write twice (docs/design.md §2).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
+    /// Whether any byte of the request may have reached an app.
+    pub fn sent(&self) -> Sent {
+        match self {
+            ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::Indeterminate(_) => Sent::Maybe,
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::PeerUnreachable(_)
+            | ProxyError::PeerLost(_)
+            | ProxyError::NoPrimary { .. }
+            | ProxyError::PrimaryMovedMidSend
+            | ProxyError::Fenced
+            | ProxyError::NotPrimary { .. }
+            | ProxyError::Unauthorized
+            | ProxyError::ConsistencyTimeout(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeadersTooLarge { .. } => Sent::Nothing,
+        }
+    }
+
+    /// The one retry decision for writes (docs/design.md §2): a write is
+    /// sent again if and only if nothing of it can have reached an app and
+    /// the failure was about where it went, not about the request itself.
+    pub fn next(&self) -> Next {
+        let about_the_route = matches!(
             self,
             ProxyError::UpstreamUnreachable(_)
                 | ProxyError::PeerUnreachable(_)
-                | ProxyError::NotPrimary { .. }
+                | ProxyError::PeerLost(_)
                 | ProxyError::Fenced
-        )
+                | ProxyError::NotPrimary { .. }
+        );
+        if about_the_route && self.sent() == Sent::Nothing {
+            Next::Resend
+        } else {
+            Next::Answer
+        }
+    }
+
+    /// The error a write's client sees: one that may have reached an app is
+    /// `indeterminate`, whatever broke, so the client knows it may have
+    /// been applied.
+    pub fn for_write(self) -> ProxyError {
+        match self {
+            ProxyError::Indeterminate(_) => self,
+            other if other.sent() == Sent::Maybe => ProxyError::Indeterminate(Box::new(other)),
+            other => other,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::Indeterminate(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::PeerUnreachable(_)
+            | ProxyError::PeerLost(_)
             | ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
             | ProxyError::Fenced => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,7 +173,9 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => "upstream",
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => "timeout",
+            ProxyError::Indeterminate(_) => "indeterminate",
             ProxyError::PeerUnreachable(_)
+            | ProxyError::PeerLost(_)
             | ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
             | ProxyError::Fenced => "no-primary",
@@ -132,6 +203,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamBroken(_) => {
                 "502 bad gateway: the app's response failed\n".to_owned()
+            }
+            ProxyError::Indeterminate(_) => {
+                "502 bad gateway: the write failed after it was sent; it may or may not have been applied\n".to_owned()
             }
             other => format!("{} {}\n", other.status().as_u16(), other),
         };

@@ -1,100 +1,125 @@
 //! The last fence before a write reaches the app. Checking leadership when
 //! a write is admitted leaves a gap: the process can be paused (GC, SIGSTOP,
 //! a VM migration) after the check and before the request's bytes leave,
-//! and wake up deposed. So writes go to the app over connections whose
-//! every `write` first asks whether this node may still write; if not, the
-//! write fails with [`Fenced`] and the connection is dropped.
+//! and wake up deposed. So writes go to the app over connections
+//! ([`FencedIo`]) that ask the request's [`WritePermit`] before every
+//! socket write; if it no longer holds, the write fails and the connection
+//! is dropped.
 //!
-//! A request's head is the first thing written after the connection opens
-//! or after a response was read, so a fence tripped then means nothing of
-//! this request reached the app, and it may be sent elsewhere
-//! ([`ProxyError::Fenced`]). Tripped later, mid-body, the app has part of a
-//! request it will not complete, and the write fails.
-//!
-//! [`ProxyError::Fenced`]: super::errors::ProxyError::Fenced
+//! Each connection carries one request at a time, bound to it as an
+//! [`Attempt`] by the write pool (`write_pool.rs`). The attempt records
+//! whether any byte of *that* request was written to the socket, so a
+//! failure says exactly whether the app can have seen it ([`Sent`]) —
+//! nothing is inferred from what the connection read. The fence bounds
+//! when bytes reach the app, not when the app commits them: a write whose
+//! last byte left before the permit lapsed is the app's to finish.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::Uri;
+use arc_swap::ArcSwapOption;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tower::Service;
 
-use crate::primary::PrimaryWatch;
+use super::errors::Sent;
+use crate::primary::WritePermit;
 
-/// This node stopped being allowed to write before the request left.
-#[derive(Debug, thiserror::Error)]
-#[error("this node may no longer write: leadership moved before the request was sent")]
-pub struct Fenced {
-    /// Nothing of the current request had been written.
-    pub before_head: bool,
+/// One request's try at the app, under its permit.
+#[derive(Debug)]
+pub struct Attempt {
+    permit: WritePermit,
+    written: AtomicBool,
+    fenced: AtomicBool,
 }
 
-/// Connects like [`HttpConnector`]; the connection checks `watch` before
-/// every write.
-#[derive(Clone)]
-pub struct FencedConnector {
-    inner: HttpConnector,
-    watch: PrimaryWatch,
-}
-
-impl FencedConnector {
-    pub fn new(inner: HttpConnector, watch: PrimaryWatch) -> Self {
-        Self { inner, watch }
-    }
-}
-
-impl Service<Uri> for FencedConnector {
-    type Response = FencedIo;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<FencedIo, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let watch = self.watch.clone();
-        Box::pin(async move {
-            Ok(FencedIo {
-                inner: connecting.await?,
-                watch,
-                at_request_start: true,
-            })
+impl Attempt {
+    pub fn new(permit: WritePermit) -> Arc<Self> {
+        Arc::new(Self {
+            permit,
+            written: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
         })
     }
+
+    /// Whether any byte of this request reached the socket.
+    pub fn sent(&self) -> Sent {
+        if self.written.load(Ordering::Acquire) {
+            Sent::Maybe
+        } else {
+            Sent::Nothing
+        }
+    }
+
+    /// Whether the fence stopped this request.
+    pub fn was_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    pub fn permit(&self) -> &WritePermit {
+        &self.permit
+    }
 }
 
+/// Which attempt a connection is carrying; empty while it is idle.
+#[derive(Debug, Default)]
+pub struct Slot(ArcSwapOption<Attempt>);
+
+impl Slot {
+    pub fn bind(&self, attempt: Arc<Attempt>) {
+        self.0.store(Some(attempt));
+    }
+
+    pub fn unbind(&self) {
+        self.0.store(None);
+    }
+}
+
+/// The write was stopped by the fence.
+#[derive(Debug, thiserror::Error)]
+#[error("this node may no longer write: leadership moved before the request was sent")]
+pub struct Fenced;
+
+/// A connection to the app whose every write is fenced by the permit of the
+/// request it carries.
 pub struct FencedIo {
     inner: TokioIo<TcpStream>,
-    watch: PrimaryWatch,
-    /// True until the first write after the connection opened or after a
-    /// read: the next write starts a request.
-    at_request_start: bool,
+    slot: Arc<Slot>,
 }
 
 impl FencedIo {
-    fn check(&mut self) -> io::Result<()> {
-        if self.watch.current().may_write(Instant::now()) {
-            Ok(())
+    pub fn new(stream: TcpStream, slot: Arc<Slot>) -> Self {
+        Self {
+            inner: TokioIo::new(stream),
+            slot,
+        }
+    }
+
+    /// The attempt to charge this write to, if its permit still holds.
+    fn admit_write(&self) -> io::Result<Arc<Attempt>> {
+        // hyper writes only for a request, so an unbound connection
+        // writing would be a bug; refusing keeps it from reaching the app.
+        let attempt = self
+            .slot
+            .0
+            .load_full()
+            .ok_or_else(|| io::Error::other(Fenced))?;
+        if attempt.permit.holds(Instant::now()) {
+            Ok(attempt)
         } else {
-            Err(io::Error::other(Fenced {
-                before_head: self.at_request_start,
-            }))
+            attempt.fenced.store(true, Ordering::Release);
+            Err(io::Error::other(Fenced))
         }
     }
 }
 
-impl Connection for FencedIo {
-    fn connected(&self) -> Connected {
-        self.inner.connected()
+fn note_written(attempt: &Attempt, result: &Poll<io::Result<usize>>) {
+    if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+        attempt.written.store(true, Ordering::Release);
     }
 }
 
@@ -104,11 +129,7 @@ impl Read for FencedIo {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if result.is_ready() {
-            self.at_request_start = true;
-        }
-        result
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -118,11 +139,9 @@ impl Write for FencedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check()?;
+        let attempt = self.admit_write()?;
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(_)) = result {
-            self.at_request_start = false;
-        }
+        note_written(&attempt, &result);
         result
     }
 
@@ -131,11 +150,9 @@ impl Write for FencedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check()?;
+        let attempt = self.admit_write()?;
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(_)) = result {
-            self.at_request_start = false;
-        }
+        note_written(&attempt, &result);
         result
     }
 
@@ -149,45 +166,5 @@ impl Write for FencedIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Whether `error` (anywhere in its chain) is a fence that tripped before
-/// any of the request was written.
-pub fn tripped_before_head(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(fenced) = e.downcast_ref::<Fenced>() {
-            return fenced.before_head;
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(fenced) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<Fenced>())
-            {
-                return fenced.before_head;
-            }
-        }
-        current = e.source();
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("request failed")]
-    struct Outer(#[source] io::Error);
-
-    #[test]
-    fn a_fence_is_found_anywhere_in_the_chain() {
-        let before = Outer(io::Error::other(Fenced { before_head: true }));
-        assert!(tripped_before_head(&before));
-        let mid_body = Outer(io::Error::other(Fenced { before_head: false }));
-        assert!(!tripped_before_head(&mid_body));
-        let other = Outer(io::Error::other("connection reset"));
-        assert!(!tripped_before_head(&other));
     }
 }

@@ -1,0 +1,254 @@
+//! Sending a write to the primary's litegate, and knowing afterwards
+//! whether it may have reached an app.
+//!
+//! Admission is explicit. The forwarding node sends the head with
+//! `Expect: 100-continue` and holds back every byte of the body (the hop
+//! always uses chunked framing, the real length travels in
+//! `Litegate-Content-Length`). The receiving node reads the body only once
+//! it has admitted the write under a write permit, which is when its HTTP
+//! server answers `100 Continue`; and it passes nothing to its app before
+//! the body's first bytes arrive. So until the forwarding node has seen the
+//! `100` and let the body go, no app can have the write: a connection that
+//! breaks, a peer that dies, or a primary that changes before then means
+//! [`Sent::Nothing`](super::errors::Sent::Nothing) and the write is routed
+//! again at once. After it, any failure is `indeterminate`.
+//!
+//! A `Litegate-Error: not-primary` answer can only come from the receiving
+//! litegate (it strips every `Litegate-*` header its app sends), and only
+//! when nothing reached its app.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+
+use super::body::{self, BoxError, ProxyBody};
+use super::errors::ProxyError;
+use super::replay_body::REPLAY_LIMIT;
+use crate::cluster::client::PeerClient;
+use crate::primary::{PrimaryState, PrimaryWatch};
+
+/// The write's real `Content-Length`, carried across the chunked hop.
+pub const LITEGATE_CONTENT_LENGTH: HeaderName = HeaderName::from_static("litegate-content-length");
+
+/// How long an admitted write waits for the forwarding node to start its
+/// body. The forwarding node sends it as soon as it sees `100 Continue`.
+const BODY_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the receiving litegate admitted the write.
+#[derive(Default)]
+struct Gate {
+    admitted: AtomicBool,
+    /// The peer answered without admitting: the body is never to go.
+    closed: AtomicBool,
+    body_waker: AtomicWaker,
+    admission: Notify,
+}
+
+impl Gate {
+    fn admit(&self) {
+        self.admitted.store(true, Ordering::Release);
+        self.body_waker.wake();
+        self.admission.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.body_waker.wake();
+    }
+
+    fn is_admitted(&self) -> bool {
+        self.admitted.load(Ordering::Acquire)
+    }
+}
+
+/// The write's body on the hop, released only after admission.
+struct GatedBody {
+    inner: ProxyBody,
+    gate: Arc<Gate>,
+}
+
+impl Body for GatedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.gate.is_admitted() {
+            self.gate.body_waker.register(cx.waker());
+            if self.gate.closed.load(Ordering::Acquire) {
+                return Poll::Ready(Some(Err("the primary did not admit the write".into())));
+            }
+            if !self.gate.is_admitted() {
+                return Poll::Pending;
+            }
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Unknown, so that hyper frames the hop as chunked: a body with a
+        // terminating chunk, even when empty, is what the receiving server
+        // sends `100 Continue` for.
+        SizeHint::default()
+    }
+}
+
+/// Sends `req` (already addressed to the primary's cluster listener) and
+/// waits for the primary's response head. Until the primary admits the
+/// write, the wait ends at `deadline`, or as soon as `is_target` says the
+/// primary is no longer the node it was sent to; both end it with nothing
+/// sent. After admission it waits up to the forwarding timeout.
+pub async fn send(
+    client: &PeerClient,
+    req: Request<ProxyBody>,
+    watch: &mut PrimaryWatch,
+    deadline: Instant,
+    is_target: impl Fn(&PrimaryState) -> bool,
+) -> Result<Response<Incoming>, ProxyError> {
+    let gate = Arc::new(Gate::default());
+    let (mut parts, body) = req.into_parts();
+    if let Some(length) = parts.headers.remove(header::CONTENT_LENGTH) {
+        parts.headers.insert(LITEGATE_CONTENT_LENGTH, length);
+    }
+    parts
+        .headers
+        .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+    let mut req = Request::from_parts(
+        parts,
+        GatedBody {
+            inner: body,
+            gate: Arc::clone(&gate),
+        }
+        .boxed_unsync(),
+    );
+    let on_continue = Arc::clone(&gate);
+    hyper::ext::on_informational(&mut req, move |resp| {
+        if resp.status() == StatusCode::CONTINUE {
+            on_continue.admit();
+        }
+    });
+
+    let exchange = client.forward(req);
+    tokio::pin!(exchange);
+    while !gate.is_admitted() {
+        tokio::select! {
+            result = &mut exchange => return answered(result, &gate),
+            () = gate.admission.notified() => {}
+            changed = watch.changed_before(deadline) => {
+                if gate.is_admitted() {
+                    break;
+                }
+                if !changed {
+                    return Err(ProxyError::PeerLost("the primary did not admit the write in time".into()));
+                }
+                if !is_target(&watch.current()) {
+                    return Err(ProxyError::PeerLost("the primary changed before it admitted the write".into()));
+                }
+            }
+        }
+    }
+    let timeout = client.forward_timeout();
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => answered(result, &gate),
+        Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+    }
+}
+
+fn answered(
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    gate: &Gate,
+) -> Result<Response<Incoming>, ProxyError> {
+    match result {
+        Ok(resp) => {
+            if !gate.is_admitted() {
+                gate.close();
+            }
+            Ok(resp)
+        }
+        Err(e) if e.is_connect() => Err(ProxyError::PeerUnreachable(e.into())),
+        Err(e) if gate.is_admitted() => Err(ProxyError::UpstreamBroken(e.into())),
+        Err(e) => Err(ProxyError::PeerLost(e.into())),
+    }
+}
+
+/// The receiving side: the body of an admitted write, ready for the app.
+/// Reading it is what sends the forwarding node `100 Continue`; nothing
+/// goes to the app before the first bytes (or the end) of the body are
+/// here, so a forwarding node that never saw the `100` never sent any.
+/// Restores the write's `Content-Length` from the hop's header.
+pub async fn admitted_body(
+    headers: &mut HeaderMap,
+    body: Incoming,
+) -> Result<ProxyBody, ProxyError> {
+    headers.remove(header::EXPECT);
+    let declared = headers.remove(LITEGATE_CONTENT_LENGTH);
+    let length = match &declared {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or(ProxyError::BadRequest(
+                    "Litegate-Content-Length is not a number",
+                ))?,
+        ),
+        None => None,
+    };
+    if let Some(v) = declared {
+        headers.insert(header::CONTENT_LENGTH, v);
+    }
+    let mut body = body::stream(body);
+    if length.is_some_and(|n| n <= REPLAY_LIMIT) {
+        return whole(body, length).await;
+    }
+    let first = tokio::time::timeout(BODY_START_TIMEOUT, body.frame())
+        .await
+        .map_err(|_| ProxyError::BadRequest("the forwarded write's body did not start"))?;
+    let first = match first {
+        None => return Ok(body::empty()),
+        Some(Err(_)) => return Err(ProxyError::BadRequest("the request body was cut short")),
+        Some(Ok(frame)) => frame,
+    };
+    let head = futures::stream::once(async move { Ok::<_, BoxError>(first) });
+    let rest = http_body_util::BodyStream::new(body);
+    use futures::StreamExt as _;
+    Ok(body::stream(http_body_util::StreamBody::new(
+        head.chain(rest),
+    )))
+}
+
+/// A body read in full, of at most [`REPLAY_LIMIT`] bytes and, where
+/// `length` is known, exactly that long.
+pub async fn whole(mut body: ProxyBody, length: Option<usize>) -> Result<ProxyBody, ProxyError> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ProxyError::BadRequest("the request body was cut short"));
+        };
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > length.unwrap_or(REPLAY_LIMIT) {
+                return Err(ProxyError::BadRequest(
+                    "the request body is longer than its Content-Length",
+                ));
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    if length.is_some_and(|n| n != whole.len()) {
+        return Err(ProxyError::BadRequest(
+            "the request body is shorter than its Content-Length",
+        ));
+    }
+    Ok(body::full(whole.freeze()))
+}

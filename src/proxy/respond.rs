@@ -1,0 +1,127 @@
+//! The last phase: an app's (or the primary's) response on its way to the
+//! client, and litegate's own headers on every answer. Failures become
+//! responses in `errors.rs`.
+
+use std::time::Instant;
+
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::body::{self, ProxyBody};
+use super::errors::ProxyError;
+use super::headers::{self, LITEGATE_PRIMARY, LITEGATE_ROLE, LITEGATE_SERVED_BY, LITEGATE_TERM};
+use super::{upgrade, Outcome, Proxy};
+use crate::consistency;
+use crate::metrics;
+use crate::primary::{PrimaryState, Role};
+
+/// Who produced a response litegate relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An app: it may not speak for litegate, so its `Litegate-*` headers go.
+    App,
+    /// The primary's litegate, which already stripped its app's.
+    Peer,
+}
+
+/// A response on its way to the client: joined byte for byte on `101`,
+/// hop-by-hop headers removed, an app's `Litegate-*` headers removed, in
+/// the client's HTTP version (an HTTP/1.0 app must not close a keep-alive
+/// client).
+pub fn relay(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    client_version: Version,
+    origin: Origin,
+) -> Response<ProxyBody> {
+    let carried_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            upgrade::bridge(client_upgrade, hyper::upgrade::on(&mut resp));
+        }
+        resp.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    if origin == Origin::App {
+        headers::strip_litegate(resp.headers_mut());
+    }
+    headers::strip_hop_by_hop(resp.headers_mut(), carried_upgrade);
+    *resp.version_mut() = client_version;
+    resp.map(body::stream)
+}
+
+/// Tells the app what this node is, so primary-only work can check.
+pub fn stamp_role(h: &mut HeaderMap, state: &PrimaryState) {
+    match state.role {
+        Role::Primary => {
+            h.insert(LITEGATE_ROLE, HeaderValue::from_static("primary"));
+            h.insert(LITEGATE_TERM, HeaderValue::from(state.term));
+        }
+        Role::Replica | Role::Unknown => {
+            h.insert(LITEGATE_ROLE, HeaderValue::from_static("replica"));
+            if let Some(primary) = state
+                .primary
+                .as_deref()
+                .and_then(|p| HeaderValue::from_str(p).ok())
+            {
+                h.insert(LITEGATE_PRIMARY, primary);
+            }
+        }
+    }
+}
+
+impl Proxy {
+    /// The response the client gets, errors turned into answers, with
+    /// `Litegate-Served-By`, counted in the metrics.
+    pub(super) fn finish(&self, outcome: Outcome, started: Instant) -> Response<ProxyBody> {
+        let mut resp = match outcome.result {
+            Ok(resp) => resp,
+            Err(err) => {
+                if matches!(err, ProxyError::UpstreamUnreachable(_)) {
+                    self.health.set(false);
+                }
+                err.into_response()
+            }
+        };
+        // A forwarded response already names the primary that served it.
+        if outcome.route != metrics::Route::Forwarded
+            || !resp.headers().contains_key(LITEGATE_SERVED_BY)
+        {
+            resp.headers_mut()
+                .insert(LITEGATE_SERVED_BY, self.node_name.clone());
+        }
+        metrics::record_request(
+            outcome.class.as_str(),
+            outcome.route,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+        resp
+    }
+
+    /// Gives the client the position its write reached, so its next read on
+    /// any replica waits for it (docs/design.md §3).
+    pub(super) fn set_txid_cookie(
+        &self,
+        resp: &mut Response<ProxyBody>,
+        txid: Option<u64>,
+        https: bool,
+    ) {
+        if let (Some(txid), Some(_)) = (txid, &self.position) {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, consistency::set_cookie(txid, https));
+        }
+    }
+}
+
+/// Whether a primary's litegate refused a forwarded write before anything
+/// reached its app. Only litegate can say so: apps' `Litegate-*` headers
+/// never leave the node they came from.
+pub fn is_not_primary<B>(resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::MISDIRECTED_REQUEST
+        && resp
+            .headers()
+            .get(headers::LITEGATE_ERROR)
+            .is_some_and(|v| v == "not-primary")
+}
