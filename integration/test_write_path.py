@@ -57,10 +57,6 @@ def copies(apps: list[str], ident: str) -> list[dict]:
     return [r for r in records(apps) if r["id"] == ident]
 
 
-def app_of(node, apps: list[str]) -> str:
-    return apps[int(node.name.split("-")[1]) - 1]
-
-
 def app_name(node) -> str:
     return "app-" + node.name.split("-")[1]
 
@@ -98,6 +94,7 @@ class TcpRelay:
                 return
             try:
                 outbound = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                outbound.settimeout(None)
             except OSError:
                 inbound.close()
                 continue
@@ -208,7 +205,7 @@ def test_app_set_litegate_headers_never_reach_a_client(procs):
             read = client.get(f"{node.url}/r")
             assert read.status_code == 200
             assert_only_litegate_speaks(read, served_by=node.name)
-            wrote = client.post(f"{node.url}/w/ok", params={"id": f"hdr-{node.name}"}, content=b"h")
+            wrote = client.post(f"{node.url}/w/loud", params={"id": f"hdr-{node.name}"}, content=b"h")
             assert wrote.status_code == 201, wrote.text
             assert_only_litegate_speaks(wrote, served_by="node-1")
     assert [c["node"] for c in copies(apps, "hdr-node-2")] == ["app-1"]
@@ -231,7 +228,8 @@ def test_an_app_that_answers_early_never_gets_a_write_twice(procs):
     `502 indeterminate`, never `upstream`."""
     apps = start_write_apps(procs, 3)
     nodes = start_raft_cluster(procs, apps, extra='[routing]\nprimary_wait = "10s"\n')
-    tries = [("continue", "follower"), ("continue", "leader"), ("early", "follower"), ("early", "leader")]
+    tries = [("continue", "follower"), ("continue", "leader"), ("early", "follower"), ("early", "leader"),
+             ("continue", "follower"), ("continue", "leader")]
     outcomes = []
     for i, (kind, via) in enumerate(tries):
         leader = leader_of(nodes)
@@ -273,7 +271,7 @@ def test_an_app_that_answers_early_never_gets_a_write_twice(procs):
         outcomes.append({
             "id": ident,
             "status": r.status_code if r is not None else result.get("error"),
-            "error": r.headers.get("litegate-error", "") if r is not None else "",
+            "error": r.headers.get("litegate-error", "") if r is not None and not is_2xx(r.status_code) else "",
         })
         leader_of(nodes, 15)  # the paused node rejoined before the next try
 
@@ -293,15 +291,15 @@ def test_writes_as_the_leader_is_killed_are_rerouted_not_failed(procs):
     connections (and over the follower's pooled connections to the
     leader), released the moment the leader's litegate is SIGKILLed. A
     write no app saw must be re-routed to the new leader, never failed; one
-    the dead leader's app took may be answered `502 indeterminate`. Two
-    rounds: the killed node is restarted in between."""
+    the dead leader's app took may be answered `502 indeterminate`. Three
+    rounds (the killed node is restarted in between), as whether a write
+    meets the dying leader or a dead pooled connection is down to timing."""
     apps = start_write_apps(procs, 3)
     nodes = start_raft_cluster(procs, apps, extra='[routing]\nprimary_wait = "10s"\n')
     results: list[tuple] = []
-    dead_leader_apps: set[str] = set()
     clients = [httpx.Client(timeout=30) for _ in range(40)]
     try:
-        for round_ in range(2):
+        for round_ in range(3):
             leader = leader_of(nodes)
             follower = next(n for n in nodes if n is not leader)
             with ThreadPoolExecutor(40) as pool:
@@ -328,8 +326,7 @@ def test_writes_as_the_leader_is_killed_are_rerouted_not_failed(procs):
                 leader.proc.signal(signal.SIGKILL)
                 results += [f.result(timeout=60) for f in futures]
             leader.proc.wait(10)
-            dead_leader_apps.add(app_name(leader))
-            if round_ == 0:
+            if round_ < 2:
                 restart(procs, leader)
     finally:
         for c in clients:
