@@ -281,11 +281,14 @@ def start_raft_cluster(
     extra: str = "",
     bootstrap: bool = True,
     node_env=None,
+    edit_config=None,
 ) -> list[ClusterNode]:
     """One litegate per upstream plus `witnesses` witness nodes (no app),
     all in primary.mode = "raft"; node-1 bootstraps the cluster. Returns
     app nodes first, then witnesses. `node_env(name)` adds environment
-    (e.g. LITEGATE_HOOKS_* overrides) per node."""
+    (e.g. LITEGATE_HOOKS_* overrides) per node; `edit_config(name, text)`
+    returns the config text a node is started with (e.g. one node that
+    cannot reach another)."""
     secret_file = write_secret(procs.log_dir)
     specs = [
         {"id": i + 1, "name": f"node-{i + 1}", "upstream": up, "public_port": free_port(),
@@ -299,7 +302,8 @@ def start_raft_cluster(
     for spec in specs:
         data_dir = procs.log_dir / f"{spec['name']}-data"
         path = procs.log_dir / f"{spec['name']}.toml"
-        path.write_text(cluster_config(specs, spec, data_dir, secret_file, extra, mode="raft"))
+        text = cluster_config(specs, spec, data_dir, secret_file, extra, mode="raft")
+        path.write_text(edit_config(spec["name"], text) if edit_config else text)
         env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{spec['public_port']}",
                "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}",
                **(node_env(spec["name"]) if node_env else {})}
