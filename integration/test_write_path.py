@@ -145,10 +145,12 @@ def ids_per_app(apps: list[str], prefix: str) -> dict[str, list[str]]:
 
 
 def admitted_then_indeterminate(result: tuple, per_id: dict[str, list[str]]) -> bool:
-    """A write an app took whose answer was lost: `502 indeterminate` is
-    the honest answer."""
+    """A write the primary's litegate admitted (it answered `100 Continue`,
+    so its app may have the write) whose answer was then lost: `502
+    indeterminate` is the honest answer, whether or not an app recorded
+    it — provided no more than one app did."""
     ident, status, code = result[:3]
-    return (status, code) == (502, "indeterminate") and ident in per_id
+    return (status, code) == (502, "indeterminate") and len(per_id.get(ident, [])) <= 1
 
 
 # --- 3. The app's response is not trusted ---------------------------------
@@ -393,10 +395,15 @@ def test_static_dead_primary_holds_writes_then_503(procs):
     assert twice == {}, f"writes applied twice: {twice}"
     unseen = [r for r in results if r[0] not in per_id]
     assert unseen, "some writes came after the kill"
-    upstream_502 = [r for r in unseen if r[1] == 502]
+    upstream_502 = [r for r in unseen if r[1] == 502 and r[2] != "indeterminate"]
     assert upstream_502 == [], f"{len(upstream_502)} writes no app saw failed 502 at once: {upstream_502}"
+    # A write the primary's litegate had admitted when it was killed may be
+    # indeterminate: at most one per writer and round (each writer has one
+    # write in flight at the kill).
+    admitted = [r for r in unseen if (r[1], r[2]) == (502, "indeterminate")]
+    assert len(admitted) <= 20 * 2, f"more indeterminate answers than writes in flight: {admitted}"
     # Held, not refused at once: a 503 no-primary comes only after the wait.
-    not_held = [r for r in unseen if (r[1], r[2]) != (503, "no-primary") or r[3] < 1.4]
+    not_held = [r for r in unseen if r not in admitted and ((r[1], r[2]) != (503, "no-primary") or r[3] < 1.4)]
     assert not_held == [], f"writes no app saw, not held then 503 no-primary: {not_held}"
     failed = [r for r in results if r[0] in per_id and not is_2xx(r[1])
               and not admitted_then_indeterminate(r, per_id)]
@@ -569,9 +576,12 @@ def test_writes_held_on_a_paused_leader_are_rerouted_once(procs):
     assert timed_out == [], f"{len(timed_out)} writes waited on the paused leader until 504: {timed_out}"
     # A write the paused leader had already passed to its app may be
     # answered `502 indeterminate`; every other write must succeed.
-    admitted = {r["id"] for r in all_records if r["node"] == old_app}
-    failed = [r for r in results if not is_2xx(r[1]) and not (r[1] == 502 and r[2] == "indeterminate"
-                                                               and r[0] in admitted)]
+    # A write the paused leader had admitted (it answered `100 Continue`)
+    # may be answered `502 indeterminate` — at most one per writer — as long
+    # as no other app got it (checked above).
+    indeterminate = [r for r in results if (r[1], r[2]) == (502, "indeterminate")]
+    assert len(indeterminate) <= 6, f"more indeterminate answers than writers: {indeterminate}"
+    failed = [r for r in results if not is_2xx(r[1]) and r not in indeterminate]
     assert failed == [], f"{len(failed)} of {len(results)} writes failed: {failed}"
     missing = [r[0] for r in results if is_2xx(r[1]) and len(per_id.get(r[0], [])) != 1]
     assert missing == [], f"acknowledged writes no app has: {missing}"

@@ -225,6 +225,11 @@ impl PrimaryWatch {
         })
     }
 
+    /// Forgets changes published so far: the next wait is for a new one.
+    pub fn mark_seen(&mut self) {
+        self.changes.borrow_and_update();
+    }
+
     /// Waits until the leadership changes (or a lapsed lease is renewed)
     /// or `deadline` passes; false if it passed (or the source is gone).
     pub async fn changed_before(&mut self, deadline: Instant) -> bool {

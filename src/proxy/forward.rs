@@ -107,15 +107,15 @@ impl Body for GatedBody {
 
 /// Sends `req` (already addressed to the primary's cluster listener) and
 /// waits for the primary's response head. Until the primary admits the
-/// write, the wait ends at `deadline`, or as soon as `is_target` says the
-/// primary is no longer the node it was sent to; both end it with nothing
-/// sent. After admission it waits up to the forwarding timeout.
+/// write, the wait ends at `deadline`, or as soon as a change published on
+/// `watch` makes `still_routed_here` false; both end it with nothing sent.
+/// After admission it waits up to the forwarding timeout.
 pub async fn send(
     client: &PeerClient,
     req: Request<ProxyBody>,
     watch: &mut PrimaryWatch,
     deadline: Instant,
-    is_target: impl Fn(&PrimaryState) -> bool,
+    still_routed_here: impl Fn(&PrimaryState) -> bool,
 ) -> Result<Response<Incoming>, ProxyError> {
     let gate = Arc::new(Gate::default());
     let (mut parts, body) = req.into_parts();
@@ -153,7 +153,7 @@ pub async fn send(
                 if !changed {
                     return Err(ProxyError::PeerLost("the primary did not admit the write in time".into()));
                 }
-                if !is_target(&watch.current()) {
+                if !still_routed_here(&watch.current()) {
                     return Err(ProxyError::PeerLost("the primary changed before it admitted the write".into()));
                 }
             }

@@ -107,6 +107,7 @@ impl Proxy {
             }
             let state = watch.current();
             let route = route::route(true, &state, now, &self.me, self.on_replica, hint.as_ref());
+            let tried = route.clone();
             let (recorded, result) = match route {
                 Route::Hold => {
                     watch
@@ -312,10 +313,15 @@ impl Proxy {
                 Ok(Ok(resp)) => Ok(resp),
             }
         } else {
-            // Abandoned before admission when our view names another
-            // primary (or this node).
-            let is_target = |s: &PrimaryState| s.primary.as_deref().is_none_or(|p| p == target);
-            forward::send(&cluster.client, req, &mut watch, deadline, is_target).await
+            // Abandoned before admission as soon as this node would route
+            // the write elsewhere (or hold it).
+            let still_routed_here = |s: &PrimaryState| {
+                let now = Instant::now();
+                route::route(true, s, now, &self.me, self.on_replica, hint.as_ref())
+                    == Route::Forward(target.to_owned())
+            };
+            watch.mark_seen();
+            forward::send(&cluster.client, req, &mut watch, deadline, still_routed_here).await
         }?;
         if respond::is_not_primary(&resp) {
             let term = header_u64(resp.headers(), &LITEGATE_TERM).unwrap_or(0);
