@@ -1,6 +1,6 @@
 //! litegate: a write-forwarding reverse proxy for apps whose database has one
 //! writer and many read replicas. `docs/design.md` is the contract;
-//! `src/proxy/README.md` walks through the life of a request.
+//! `src/proxy/mod.rs` walks through the life of a request.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -252,3 +252,213 @@ pub async fn whole(mut body: ProxyBody, length: Option<usize>) -> Result<ProxyBo
     }
     Ok(body::full(whole.freeze()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::primary::{PrimaryCell, Role};
+    use crate::proxy::errors::{Next, Sent};
+
+    /// How a fake primary's litegate treats one forwarded write.
+    #[derive(Clone, Copy)]
+    enum Receiver {
+        /// Dies (closes) after the head, before admitting.
+        DiesBeforeAdmission,
+        /// Admits (`100 Continue`), reads the body, then dies.
+        DiesAfterAdmission,
+        /// Refuses with `421 not-primary`, never admitting.
+        Refuses,
+        /// Admits, reads the body, answers 201.
+        Answers,
+    }
+
+    /// What the fake receiver saw: body bytes before it admitted, and in all.
+    #[derive(Debug, Default)]
+    struct Seen {
+        body_before_admission: usize,
+        body_after_admission: usize,
+    }
+
+    async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        head
+    }
+
+    /// Reads what arrives within `quiet` of silence.
+    async fn drain(stream: &mut TcpStream, quiet: Duration) -> usize {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while let Ok(Ok(n)) = tokio::time::timeout(quiet, stream.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    }
+
+    async fn fake_receiver(behaviour: Receiver) -> (String, tokio::task::JoinHandle<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let head = String::from_utf8_lossy(&read_head(&mut stream).await).to_lowercase();
+            assert!(head.contains("expect: 100-continue"), "{head}");
+            assert!(head.contains("litegate-content-length: 5"), "{head}");
+            let mut seen = Seen {
+                // The forwarding node must hold the body back until admitted.
+                body_before_admission: drain(&mut stream, Duration::from_millis(100)).await,
+                ..Seen::default()
+            };
+            match behaviour {
+                Receiver::DiesBeforeAdmission => {}
+                Receiver::Refuses => {
+                    let refusal = "HTTP/1.1 421 Misdirected Request\r\nlitegate-error: not-primary\r\nlitegate-term: 7\r\nlitegate-primary: c\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+                    stream.write_all(refusal.as_bytes()).await.unwrap();
+                }
+                Receiver::DiesAfterAdmission | Receiver::Answers => {
+                    stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .unwrap();
+                    seen.body_after_admission =
+                        drain(&mut stream, Duration::from_millis(200)).await;
+                    if let Receiver::Answers = behaviour {
+                        let ok = "HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
+                        stream.write_all(ok.as_bytes()).await.unwrap();
+                        drain(&mut stream, Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    fn client() -> PeerClient {
+        PeerClient::new(None, None, Duration::from_secs(1), Duration::from_secs(5)).unwrap()
+    }
+
+    fn write(client: &PeerClient, addr: &str) -> Request<ProxyBody> {
+        let mut req = Request::new(body::full("hello"));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = client.uri(addr, "/notes").unwrap();
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("example.com"));
+        req
+    }
+
+    async fn forward(behaviour: Receiver) -> (Result<Response<Incoming>, ProxyError>, Seen) {
+        let (addr, receiver) = fake_receiver(behaviour).await;
+        let client = client();
+        let cell = PrimaryCell::new(PrimaryState {
+            role: Role::Replica,
+            term: 1,
+            primary: Some("b".into()),
+            lease_deadline: None,
+        });
+        let mut watch = cell.watch();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let result = send(&client, write(&client, &addr), &mut watch, deadline, |_| {
+            true
+        })
+        .await;
+        (result, receiver.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_dies_before_admitting_got_nothing_and_the_write_is_rerouted() {
+        let (result, seen) = forward(Receiver::DiesBeforeAdmission).await;
+        let err = result.unwrap_err();
+        assert_eq!(seen.body_before_admission, 0);
+        assert_eq!(err.sent(), Sent::Nothing, "{err:?}");
+        assert_eq!(err.next(), Next::Resend);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_dies_after_admitting_makes_the_write_indeterminate() {
+        let (result, seen) = forward(Receiver::DiesAfterAdmission).await;
+        let err = result.unwrap_err();
+        assert_eq!(seen.body_before_admission, 0);
+        assert!(seen.body_after_admission > 0, "the body goes once admitted");
+        assert_eq!(err.sent(), Sent::Maybe, "{err:?}");
+        assert_eq!(err.next(), Next::Answer);
+        assert_eq!(err.for_write().code(), "indeterminate");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_comes_back_with_the_body_never_sent() {
+        let (result, seen) = forward(Receiver::Refuses).await;
+        let resp = result.unwrap();
+        assert!(crate::proxy::respond::is_not_primary(&resp));
+        assert_eq!(seen.body_before_admission, 0);
+        assert_eq!(seen.body_after_admission, 0);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_write_is_answered() {
+        let (result, seen) = forward(Receiver::Answers).await;
+        assert_eq!(result.unwrap().status(), StatusCode::CREATED);
+        assert_eq!(seen.body_before_admission, 0);
+        // "hello" in one chunk plus the chunked framing.
+        assert!(seen.body_after_admission >= 5);
+    }
+
+    #[tokio::test]
+    async fn a_change_of_primary_before_admission_abandons_the_write() {
+        // A receiver that never answers, as a paused old primary.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await;
+            drain(&mut stream, Duration::from_secs(3)).await
+        });
+        let client = client();
+        let cell = PrimaryCell::new(PrimaryState {
+            role: Role::Replica,
+            term: 1,
+            primary: Some("b".into()),
+            lease_deadline: None,
+        });
+        let mut watch = cell.watch();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let publisher = Arc::clone(&cell);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            publisher.publish(PrimaryState {
+                role: Role::Replica,
+                term: 2,
+                primary: Some("c".into()),
+                lease_deadline: None,
+            });
+        });
+        let still_b = |s: &PrimaryState| s.primary.as_deref() == Some("b");
+        let err = send(
+            &client,
+            write(&client, &addr),
+            &mut watch,
+            deadline,
+            still_b,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ProxyError::PeerLost(_)), "{err:?}");
+        assert_eq!(err.next(), Next::Resend);
+        hold.abort();
+    }
+}

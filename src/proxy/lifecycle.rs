@@ -206,15 +206,20 @@ impl Proxy {
                 Next::Resend => {
                     tracing::debug!(%error, "nothing of the write was sent; routing it again");
                     metrics::count_forward_retry();
-                    let immediate = matches!(
-                        error,
-                        ProxyError::Fenced
-                            | ProxyError::NotPrimary { .. }
-                            | ProxyError::PeerLost(_)
-                    );
                     last_error = Some(error);
-                    if !immediate {
-                        let now = Instant::now();
+                    // At once where the route has moved (a new primary, a
+                    // hint); the same route again only after a pause or a
+                    // change, so a confused pair of nodes cannot spin.
+                    let now = Instant::now();
+                    let next = route::route(
+                        true,
+                        &watch.current(),
+                        now,
+                        &self.me,
+                        self.on_replica,
+                        hint.as_ref(),
+                    );
+                    if next == tried {
                         watch.changed_before(deadline.min(now + RETRY_PAUSE)).await;
                     }
                 }
@@ -321,7 +326,14 @@ impl Proxy {
                     == Route::Forward(target.to_owned())
             };
             watch.mark_seen();
-            forward::send(&cluster.client, req, &mut watch, deadline, still_routed_here).await
+            forward::send(
+                &cluster.client,
+                req,
+                &mut watch,
+                deadline,
+                still_routed_here,
+            )
+            .await
         }?;
         if respond::is_not_primary(&resp) {
             let term = header_u64(resp.headers(), &LITEGATE_TERM).unwrap_or(0);

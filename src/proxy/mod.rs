@@ -1,13 +1,52 @@
-//! The request path, in phases: **classify** (`classify.rs`, `path.rs`),
-//! **route** (`route.rs`, a pure function of the classification and the
-//! primary's state), **permit** (`primary::WritePermit`, for a write this
-//! node's app takes), **send** (`client.rs` and `write_pool.rs` to the app,
-//! fenced by `fence.rs`; `forward.rs` to the primary's litegate), and
-//! **respond** (`respond.rs`, and `errors.rs` for every failure). `README.md`
-//! beside this file walks through them in order; [`Proxy::handle`] (client
-//! requests) and [`Proxy::handle_forwarded`] (writes a peer sends us) run
-//! them, and `lifecycle.rs` holds the loop a write goes round until it is
-//! sent, answered or given up.
+//! The request path: the life of one client request, in the order it
+//! happens. [`Proxy::handle`] runs it for client requests,
+//! [`Proxy::handle_forwarded`] for writes a peer sends us.
+//!
+//! 1. **Accept** (`server.rs`). The public listener accepts a connection,
+//!    sets `TCP_NODELAY`, notes the peer and whether it is in
+//!    `public.trusted_proxies`, and speaks HTTP/1.1 or HTTP/2 (h2c prior
+//!    knowledge, or ALPN over TLS) on the same port. A head must arrive
+//!    within `public.header_read_timeout`; hyper answers malformed ones 400.
+//! 2. **Classify** (`classify.rs`). From the method, path and headers alone:
+//!    `read`, `write` (a mutating method, or any method on a
+//!    `routing.primary_paths` path), `local` (`routing.local_paths`), or
+//!    `websocket` (an upgrade). [`Proxy::prepare`] then refuses a head over
+//!    `public.max_header_bytes` (431) and an HTTP/1.1 request without `Host`
+//!    (400), and rewrites the headers (`headers.rs`): client `Litegate-*`
+//!    and hop-by-hop headers go, `X-Forwarded-*` are set, `Host` is kept
+//!    byte for byte.
+//! 3. **Route** (`route.rs`). One pure function of the classification, the
+//!    published primary state and any hint a peer gave: local, local write,
+//!    forward, fly-replay, redirect, or hold (`lifecycle.rs` waits, up to
+//!    `routing.primary_wait`).
+//! 4. **Permit** (`primary::WritePermit`). A write this node's app takes
+//!    needs a permit: this node is the primary at a term, inside its lease,
+//!    and counted for a Raft handoff's drain. Taken after a small body was
+//!    read in full, so a slow client never holds one.
+//! 5. **Send**. Reads: the pooled client (`client.rs`). Writes to this
+//!    node's app: the write pool (`write_pool.rs`), whose connections are
+//!    fenced by the permit before every socket write and record whether
+//!    any byte of the request left (`fence.rs`). Writes to the primary:
+//!    `forward.rs`, where the primary's litegate admits the write (`100
+//!    Continue`) before any byte of the body goes. At most
+//!    `upstream.max_concurrency` requests are at the app at once.
+//! 6. **Respond** (`respond.rs`). The response streams back with
+//!    hop-by-hop headers removed, an app's `Litegate-*` headers removed,
+//!    every `Set-Cookie` intact, `Litegate-Served-By` added and, after a
+//!    write with read-your-writes on, the `__txid` cookie. A `101` joins the
+//!    two connections byte for byte (`upgrade.rs`).
+//! 7. **Fail** (`errors.rs`). Any phase may end in a [`ProxyError`], which
+//!    says where the fault lies and whether any byte may have reached an
+//!    app; [`ProxyError::next`] is the one decision whether a write is sent
+//!    again, and `into_response` the one place an error becomes an answer.
+//! 8. **Record** (`../metrics.rs`): requests by class, route and status
+//!    class, and their duration to the response head.
+//!
+//! Bodies are streamed frame by frame in both directions, except a write's
+//! first 64 KiB, kept so a try that sent nothing can be made again.
+//!
+//! [`ProxyError`]: errors::ProxyError
+//! [`ProxyError::next`]: errors::ProxyError::next
 
 pub mod body;
 pub mod classify;
@@ -260,7 +299,7 @@ impl Proxy {
         }
     }
 
-    /// Classify, check, and rewrite a client request (lifecycle steps 2–4).
+    /// Classify, check, and rewrite a client request (step 2).
     fn prepare(
         &self,
         mut req: Request<Incoming>,
