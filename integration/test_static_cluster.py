@@ -278,7 +278,7 @@ def test_promote_without_a_majority_changes_nothing(procs, tmp_path):
     node1.proc.stop()
     out = promote(node2)
     assert out.returncode == 1
-    assert "not promoted" in out.stderr and "1 of the 2 nodes needed" in out.stderr, out.stderr
+    assert "not promoted" in out.stderr and "1 of the 2 votes it needs" in out.stderr, out.stderr
     status = node2.status()
     assert (status["role"], status["term"], status["primary"]) == ("replica", 1, "node-1")
 
@@ -336,12 +336,16 @@ def test_status_shows_epoch_primary_and_peers(cluster):
     s = node2.status()
     assert (s["mode"], s["role"], s["term"], s["primary"]) == ("static", "replica", 1, "node-1")
     assert [p["name"] for p in s["peers"]] == ["node-1", "node-2", "node-3"]
+    assert s["static"] == {"confirmed": True, "conflict": None, "promised": None, "majority": 2}
+    # The named primary takes writes once a majority answered it.
+    wait_confirmed_primary(node1)
     assert httpx.get(f"{node1.admin}/primary").status_code == 200
     assert httpx.get(f"{node2.admin}/primary").status_code == 503
     assert httpx.get(f"{node2.admin}/replica").status_code == 200
     out = subprocess.run([str(litegate_bin()), "status", "--admin", node2.admin], capture_output=True, text=True,
                          timeout=20)
     assert "replica" in out.stdout and "node-1" in out.stdout and "term 1" in out.stdout
+    assert "epoch     confirmed" in out.stdout
     node3.proc.stop()
     wait_until(lambda: not [p for p in node2.status()["peers"] if p["name"] == "node-3"][0]["reachable"],
                what="node-3 seen unreachable")

@@ -132,7 +132,7 @@ pub enum PromoteError {
     Exhausted(u64),
     #[error("{0}")]
     Persist(String),
-    #[error("epoch {epoch} was not chosen for this node: {accepted} of the {needed} nodes needed accepted it ({}); nothing changed on this node's role. The primary is whoever won epoch {epoch} or later: see `litegate status`", refusals.join("; "))]
+    #[error("epoch {epoch} was not chosen for this node: it has {accepted} of the {needed} votes it needs, a majority of cluster.peers counting itself ({}); nothing changed on this node's role. See `litegate status` for the primary; promoting again is safe", refusals.join("; "))]
     NoMajority {
         epoch: u64,
         accepted: usize,
