@@ -23,11 +23,13 @@
 //! proposer persist it as its known claim, become primary and announce it.
 //! Two proposals for the same epoch would need two majorities, which share
 //! a node, which would have promised both — impossible. So at most one
-//! claim is chosen per epoch, and every known claim any node holds (it
-//! learns them only from the proposer's announcement, or from other nodes'
-//! known claims) is that one. A losing proposer keeps its promise (it
-//! cannot take it back: a slow peer may still count it) but its role and
-//! routing are unchanged; it reports the refusals to the operator.
+//! claim is chosen per epoch, and every known claim any node holds is that
+//! one: known claims come only from the configured initial primary (epoch
+//! 1), from the winner's announcement, or from other nodes' known claims
+//! (polls, `421` answers, forwarded writes' headers). A losing proposer
+//! keeps its own promise — harmless, since only it could complete that
+//! proposal and it has given up — but its role and routing are unchanged;
+//! it reports the refusals to the operator.
 //!
 //! A node never changes its known claim at an epoch; it only moves to a
 //! higher one. Two different known claims at one epoch can only come from a
@@ -216,10 +218,6 @@ impl StaticPrimary {
 
     pub fn watch(&self) -> PrimaryWatch {
         self.cell.watch()
-    }
-
-    pub fn name(&self) -> &str {
-        &self.me
     }
 
     /// What this node holds, for `GET /_litegate/epoch`.
