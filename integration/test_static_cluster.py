@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from harness import INTEGRATION, free_port, litegate_bin, restart, start_static_cluster, wait_until
+from harness import INTEGRATION, free_port, leader_of, litegate_bin, restart, start_static_cluster, wait_until
 
 FASTAPI = INTEGRATION / "apps" / "fastapi_app"
 
@@ -143,7 +143,144 @@ def test_promote_survives_restart(cluster, procs):
     assert httpx.post(f"{node2.admin}/promote").status_code == 200
     node2.proc.stop()
     restart(procs, node2)
-    assert node2.status()["term"] == 2 and node2.status()["role"] == "primary"
+    assert node2.status()["term"] == 2
+    # It takes writes again once a majority confirmed nothing newer exists.
+    wait_until(lambda: node2.status()["role"] == "primary", what="node-2 confirms epoch 2")
+    assert node2.status()["static"]["confirmed"] is True
+
+
+def promote(node, timeout=30):
+    return subprocess.run([str(litegate_bin()), "promote", "--admin", node.admin], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def wait_confirmed_primary(node):
+    wait_until(lambda: node.status()["role"] == "primary", timeout=15, what=f"{node.name} confirmed as primary")
+
+
+def test_concurrent_promotes_leave_at_most_one_primary_per_epoch(cluster):
+    node1, node2, node3 = cluster
+    wait_confirmed_primary(node1)
+    seen_primaries = {}  # term -> names seen as primary at it
+
+    def sample():
+        for n in cluster:
+            s = n.status()
+            if s["role"] == "primary":
+                seen_primaries.setdefault(s["term"], set()).add(s["node"])
+
+    for node1_asleep in (True, False, False):
+        # Both promotes are in flight at once. With node-1 asleep, each
+        # waits a second for node-1's answer, so both read the same epoch
+        # from the other before either can write a new one.
+        if node1_asleep:
+            node1.proc.signal(signal.SIGSTOP)
+        try:
+            runs = [subprocess.Popen([str(litegate_bin()), "promote", "--admin", n.admin], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True) for n in (node2, node3)]
+            outputs = [r.communicate(timeout=30) for r in runs]
+        finally:
+            node1.proc.signal(signal.SIGCONT)
+        won = {}
+        for run, (out, err) in zip(runs, outputs):
+            if run.returncode == 0:
+                name, term = out.split(" is the primary at term ")
+                won.setdefault(int(term.split()[0]), []).append(name)
+            else:
+                assert "not promoted" in err, err
+        for term, names in won.items():
+            assert len(names) == 1, f"two promotes won term {term}: {names}"
+        if not node1_asleep:
+            # node-1 promises the first proposal it hears: one of them wins.
+            assert won, f"neither promote won: {outputs}"
+        sample()
+        leader = leader_of(cluster)
+        sample()
+        # Writes through every node land on exactly one app: the primary's.
+        served = set()
+        for n in cluster:
+            r = httpx.post(f"{n.url}/notes", json={"text": f"via {n.name}"}, timeout=20)
+            assert r.status_code == 201, r.text
+            served.add((r.json()["served_by"], r.json()["term"]))
+        assert served == {(f"app-{leader.name[-1]}", str(leader.status()["term"]))}
+    for term, names in seen_primaries.items():
+        assert len(names) == 1, f"two primaries at term {term}: {names}"
+
+
+def test_restarted_stale_primary_never_serves_a_local_write(procs, tmp_path):
+    apps = start_apps(procs, tmp_path)
+    node1, node2, node3 = start_static_cluster(procs, apps, extra='[routing]\nprimary_wait = "20s"\n')
+    wait_confirmed_primary(node1)
+    node1.proc.stop()
+    out = promote(node2)
+    assert out.returncode == 0, out.stderr
+    assert "node-2 is the primary at term 2" in out.stdout
+
+    # node-1 comes back believing it is primary at epoch 1, and at first
+    # none of its peers can answer it.
+    for n in (node2, node3):
+        n.proc.signal(signal.SIGSTOP)
+    result = {}
+    try:
+        restart(procs, node1)
+        status = node1.status()
+        assert (status["role"], status["term"], status["primary"]) == ("unknown", 1, None)
+        assert status["static"]["confirmed"] is False
+        assert httpx.get(f"{node1.admin}/primary").status_code == 503
+
+        def write():
+            result["r"] = httpx.post(f"{node1.url}/notes", json={"text": "via the stale primary"}, timeout=40)
+
+        t = threading.Thread(target=write)
+        t.start()
+        wait_until(lambda: node1.metric("litegate_open_connections") >= 1, what="the write reached node-1")
+        assert node1.status()["role"] == "unknown"
+    finally:
+        for n in (node2, node3):
+            n.proc.signal(signal.SIGCONT)
+    t.join(timeout=40)
+    r = result["r"]
+    assert r.status_code == 201, r.text
+    assert (r.json()["served_by"], r.json()["term"]) == ("app-2", "2")
+    wait_until(lambda: node1.status()["primary"] == "node-2", what="node-1 learns of epoch 2")
+    assert node1.status()["role"] == "replica"
+    assert node1.metric('litegate_http_requests_total{class="write",route="local"') == 0
+    notes = httpx.get(f"{node2.url}/notes").json()
+    assert [n["served_by"] for n in notes] == ["app-2"]
+
+
+def test_restarted_primary_alone_holds_writes_then_503(procs, tmp_path):
+    apps = start_apps(procs, tmp_path)
+    node1, node2, node3 = start_static_cluster(procs, apps, extra='[routing]\nprimary_wait = "1s"\n')
+    wait_confirmed_primary(node1)
+    for n in (node1, node2, node3):
+        n.proc.stop()
+    restart(procs, node1)
+    r = httpx.post(f"{node1.url}/notes", json={"text": "alone"}, timeout=20)
+    assert r.status_code == 503, r.text
+    assert r.headers["litegate-error"] == "no-primary"
+    assert r.headers["litegate-served-by"] == "node-1"
+    status = node1.status()
+    assert (status["role"], status["primary"], status["static"]["confirmed"]) == ("unknown", None, False)
+    out = subprocess.run([str(litegate_bin()), "status", "--admin", node1.admin], capture_output=True, text=True,
+                         timeout=20)
+    assert "UNCONFIRMED" in out.stdout
+    # Reads are still served, and the app never saw the write.
+    notes = httpx.get(f"{node1.url}/notes", timeout=20).json()
+    assert notes == []
+    assert node1.metric('litegate_http_requests_total{class="write",route="local"') == 0
+
+
+def test_promote_without_a_majority_changes_nothing(procs, tmp_path):
+    apps = start_apps(procs, tmp_path, n=2)
+    node1, node2 = start_static_cluster(procs, apps, extra='[routing]\nprimary_wait = "1s"\n')
+    wait_confirmed_primary(node1)
+    node1.proc.stop()
+    out = promote(node2)
+    assert out.returncode == 1
+    assert "not promoted" in out.stderr and "1 of the 2 votes it needs" in out.stderr, out.stderr
+    status = node2.status()
+    assert (status["role"], status["term"], status["primary"]) == ("replica", 1, "node-1")
 
 
 def test_dead_primary_holds_writes_then_503(procs, tmp_path):
@@ -199,12 +336,16 @@ def test_status_shows_epoch_primary_and_peers(cluster):
     s = node2.status()
     assert (s["mode"], s["role"], s["term"], s["primary"]) == ("static", "replica", 1, "node-1")
     assert [p["name"] for p in s["peers"]] == ["node-1", "node-2", "node-3"]
+    assert s["static"] == {"confirmed": True, "conflict": None, "promised": None, "majority": 2}
+    # The named primary takes writes once a majority answered it.
+    wait_confirmed_primary(node1)
     assert httpx.get(f"{node1.admin}/primary").status_code == 200
     assert httpx.get(f"{node2.admin}/primary").status_code == 503
     assert httpx.get(f"{node2.admin}/replica").status_code == 200
     out = subprocess.run([str(litegate_bin()), "status", "--admin", node2.admin], capture_output=True, text=True,
                          timeout=20)
     assert "replica" in out.stdout and "node-1" in out.stdout and "term 1" in out.stdout
+    assert "epoch     confirmed" in out.stdout
     node3.proc.stop()
     wait_until(lambda: not [p for p in node2.status()["peers"] if p["name"] == "node-3"][0]["reachable"],
                what="node-3 seen unreachable")

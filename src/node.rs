@@ -114,12 +114,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let mut raft_node = None;
     let source = Arc::new(match config.primary.mode {
         PrimaryMode::Dev => PrimarySource::Dev(DevPrimary::new(me)),
-        PrimaryMode::Static => PrimarySource::Static(StaticPrimary::open(
+        PrimaryMode::Static => PrimarySource::Static(Arc::new(StaticPrimary::open(
             &config.cluster.data_dir,
             me,
             names,
             &config.primary.static_primary,
-        )?),
+        )?)),
         PrimaryMode::Litefs => PrimarySource::Litefs(Arc::new(LitefsLease::new(me, names))),
         PrimaryMode::Raft => {
             let client = cluster_parts

@@ -131,6 +131,31 @@ pub fn render_status(s: &serde_json::Value) -> String {
         field("primary"),
         field("version"),
     );
+    let epoch = &s["static"];
+    if !epoch.is_null() {
+        let confirmed = if epoch["conflict"].is_object() {
+            format!(
+                "CONFLICT: {} also claims epoch {}; no writes pass here as primary until a promote",
+                epoch["conflict"]["primary"].as_str().unwrap_or("-"),
+                epoch["conflict"]["epoch"]
+            )
+        } else if epoch["confirmed"].as_bool() == Some(true) {
+            "confirmed".to_owned()
+        } else {
+            format!(
+                "UNCONFIRMED: writes held until {} nodes report no newer epoch",
+                epoch["majority"]
+            )
+        };
+        out.push_str(&format!("epoch     {confirmed}\n"));
+        if epoch["promised"].is_object() {
+            out.push_str(&format!(
+                "promised  epoch {} to {} (a promote not known to have won)\n",
+                epoch["promised"]["epoch"],
+                epoch["promised"]["primary"].as_str().unwrap_or("-")
+            ));
+        }
+    }
     let raft = &s["raft"];
     if !raft.is_null() {
         let opt = |v: &serde_json::Value| {

@@ -18,9 +18,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::cluster::client::PeerClient;
-use crate::cluster::peers::PeerTable;
+use crate::cluster::peers::{ClusterEpochPeers, PeerTable};
 use crate::config::{AdminConfig, Config, PrimaryMode};
-use crate::primary::{PrimarySource, Role};
+use crate::primary::{static_promote, PrimarySource, PromoteError, Role};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::health::UpstreamHealth;
 use crate::shutdown::Shutdown;
@@ -188,6 +188,18 @@ fn status(state: &AdminState) -> serde_json::Value {
         "primary": primary.primary.as_deref(),
         "peers": peers,
         "upstream": if c.node.witness { json!(null) } else { json!({ "url": c.upstream.url, "up": state.health.is_up() }) },
+        "static": match &*state.source {
+            PrimarySource::Static(node) => {
+                let (confirmed, conflict) = node.confirmation();
+                json!({
+                    "confirmed": confirmed,
+                    "conflict": conflict,
+                    "promised": node.state().promised,
+                    "majority": node.majority(),
+                })
+            }
+            _ => json!(null),
+        },
         "raft": match &*state.source {
             PrimarySource::Raft(leadership) => leadership.status(),
             _ => json!(null),
@@ -260,6 +272,9 @@ async fn handoff(state: &AdminState, query: Option<&str>) -> Response<ProxyBody>
     }
 }
 
+/// Static mode: this node asks the others to vote it primary at a new
+/// epoch (see [`crate::primary::static_promote`]); `409` with the refusals
+/// when it did not win.
 async fn promote(state: &AdminState) -> Response<ProxyBody> {
     let (PrimarySource::Static(source), Some(cluster)) = (&*state.source, &state.cluster) else {
         return body::text_response(
@@ -267,15 +282,27 @@ async fn promote(state: &AdminState) -> Response<ProxyBody> {
             "promote moves a static primary; in raft mode run `litegate handoff --to NAME` against the leader's admin listener\n",
         );
     };
-    // Start above every epoch any reachable peer has seen.
-    let seen = cluster.peers.poll_all(&cluster.client, &state.source).await;
-    let epoch = match source.promote(seen) {
-        Ok(epoch) => epoch,
-        Err(e) => return body::text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    let peers = ClusterEpochPeers {
+        table: &cluster.peers,
+        client: &cluster.client,
+        source: &state.source,
     };
-    let unreachable = cluster.peers.announce(&cluster.client, &epoch).await;
-    body::json_response(
-        StatusCode::OK,
-        &json!({ "primary": epoch.primary, "term": epoch.epoch, "not_told": unreachable }),
-    )
+    match static_promote::promote(source, &peers).await {
+        Ok(epoch) => {
+            let unreachable = cluster.peers.announce(&cluster.client, &epoch).await;
+            body::json_response(
+                StatusCode::OK,
+                &json!({ "primary": epoch.primary, "term": epoch.epoch, "not_told": unreachable }),
+            )
+        }
+        Err(e) => {
+            let status = match e {
+                PromoteError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                PromoteError::InProgress
+                | PromoteError::Exhausted(_)
+                | PromoteError::NoMajority { .. } => StatusCode::CONFLICT,
+            };
+            body::text_response(status, format!("not promoted: {e}\n"))
+        }
+    }
 }

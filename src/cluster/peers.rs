@@ -1,9 +1,11 @@
 //! What this node knows of its peers: their cluster address, public URL,
 //! and — from polling them every second — whether they answer and which
 //! epoch they are at. A newer epoch heard this way is adopted, so a node
-//! that missed an announcement catches up.
+//! that missed an announcement catches up; in static mode the same answers
+//! confirm (or not) a restarted primary's epoch.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,8 @@ use http::Method;
 use serde::Serialize;
 
 use crate::config::Peer;
-use crate::primary::{Epoch, PrimarySource};
+use crate::primary::static_promote::EpochPeers;
+use crate::primary::{Epoch, EpochState, PrimarySource, Vote};
 use crate::shutdown::Shutdown;
 
 use super::client::PeerClient;
@@ -59,7 +62,7 @@ impl PeerTable {
             .unwrap_or_default()
     }
 
-    fn record(&self, name: &str, result: Result<Epoch, String>) {
+    fn record(&self, name: &str, result: Result<EpochState, String>) {
         let Ok(mut table) = self.status.write() else {
             return;
         };
@@ -81,28 +84,75 @@ impl PeerTable {
         }
     }
 
-    /// Asks every peer for its epoch now; used by promote to start above
-    /// every epoch in the cluster.
-    pub async fn poll_all(&self, client: &PeerClient, source: &PrimarySource) -> Vec<u64> {
+    /// Asks every peer for its epoch now: adopts any newer one, and in
+    /// static mode lets a restarted primary confirm its own.
+    pub async fn poll_all(
+        &self,
+        client: &PeerClient,
+        source: &PrimarySource,
+    ) -> Vec<(String, Result<EpochState, String>)> {
         let mut polls = tokio::task::JoinSet::new();
         for peer in self.others() {
             let (client, name, addr) = (client.clone(), peer.name.clone(), peer.cluster.clone());
             polls.spawn(async move {
                 let result = client
-                    .control::<Epoch>(&addr, Method::GET, "/_litegate/epoch", None::<&()>)
+                    .control::<EpochState>(&addr, Method::GET, "/_litegate/epoch", None::<&()>)
                     .await;
                 (name, result)
             });
         }
-        let mut epochs = Vec::new();
+        let mut answers = Vec::new();
         while let Some(Ok((name, result))) = polls.join_next().await {
-            if let Ok(epoch) = &result {
-                source.observe(epoch.epoch, &epoch.primary);
-                epochs.push(epoch.epoch);
+            if let Ok(state) = &result {
+                source.observe(state.epoch, &state.primary);
             }
-            self.record(&name, result);
+            self.record(&name, result.clone());
+            answers.push((name, result));
         }
-        epochs
+        if let PrimarySource::Static(node) = source {
+            let states: Vec<EpochState> = answers
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok().cloned())
+                .collect();
+            node.confirm(&states);
+        }
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+        answers
+    }
+
+    /// Sends a static-mode proposal to every peer; see
+    /// [`crate::primary::static_promote`].
+    pub async fn propose_all(
+        &self,
+        client: &PeerClient,
+        proposal: &Epoch,
+    ) -> Vec<(String, Result<Vote, String>)> {
+        let mut sends = tokio::task::JoinSet::new();
+        for peer in self.others() {
+            let (client, name, addr, proposal) = (
+                client.clone(),
+                peer.name.clone(),
+                peer.cluster.clone(),
+                proposal.clone(),
+            );
+            sends.spawn(async move {
+                let result = client
+                    .control::<Vote>(
+                        &addr,
+                        Method::POST,
+                        "/_litegate/epoch/propose",
+                        Some(&proposal),
+                    )
+                    .await;
+                (name, result)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(Ok(answer)) = sends.join_next().await {
+            answers.push(answer);
+        }
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+        answers
     }
 
     pub fn spawn_poller(
@@ -138,7 +188,7 @@ impl PeerTable {
             );
             sends.spawn(async move {
                 let result = client
-                    .control::<Epoch>(&addr, Method::POST, "/_litegate/epoch", Some(&epoch))
+                    .control::<EpochState>(&addr, Method::POST, "/_litegate/epoch", Some(&epoch))
                     .await;
                 (name, result)
             });
@@ -153,5 +203,25 @@ impl PeerTable {
         }
         missed.sort();
         missed
+    }
+}
+
+/// A promote's view of the other nodes over the cluster link.
+pub struct ClusterEpochPeers<'a> {
+    pub table: &'a PeerTable,
+    pub client: &'a PeerClient,
+    pub source: &'a PrimarySource,
+}
+
+impl EpochPeers for ClusterEpochPeers<'_> {
+    fn poll(&self) -> impl Future<Output = Vec<(String, Result<EpochState, String>)>> + Send {
+        self.table.poll_all(self.client, self.source)
+    }
+
+    fn propose(
+        &self,
+        proposal: &Epoch,
+    ) -> impl Future<Output = Vec<(String, Result<Vote, String>)>> + Send {
+        self.table.propose_all(self.client, proposal)
     }
 }

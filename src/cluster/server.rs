@@ -2,8 +2,11 @@
 //! shared secret here; mutual TLS already during the handshake) and an
 //! unauthenticated one never reaches an app.
 //!
-//! - `GET /_litegate/epoch`: this node's view of the primary (static mode).
-//! - `POST /_litegate/epoch`: a peer announces a new epoch.
+//! - `GET /_litegate/epoch`: this node's view of the primary (static mode:
+//!   also the proposal it promised, if any).
+//! - `POST /_litegate/epoch`: a peer announces an epoch it won.
+//! - `POST /_litegate/epoch/propose`: a peer's promote asks this node's vote
+//!   (static mode).
 //! - `POST /_litegate/raft/…`: Raft RPCs (raft mode), see [`raft::rpc`].
 //! - anything else: a write forwarded by a peer, fenced in
 //!   [`Proxy::handle_forwarded`].
@@ -14,7 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::primary::{Epoch, PrimarySource};
+use crate::primary::{Epoch, EpochState, PrimarySource};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::ProxyError;
 use crate::proxy::server::Handler;
@@ -45,6 +48,7 @@ impl Handler for ClusterService {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/_litegate/epoch") => self.epoch(),
             (&Method::POST, "/_litegate/epoch") => self.announced(req).await,
+            (&Method::POST, "/_litegate/epoch/propose") => self.proposed(req).await,
             (&Method::POST, path) if path.starts_with("/_litegate/raft/") => {
                 let endpoint = &path["/_litegate/raft/".len()..];
                 match &self.raft {
@@ -67,16 +71,18 @@ impl Handler for ClusterService {
 }
 
 impl ClusterService {
-    /// This node's view of the primary: the static epoch, or in other
-    /// modes the current term and primary (peers use it to see who answers).
+    /// This node's view of the primary: the static epoch state, or in
+    /// other modes the current term and primary (peers use it to see who
+    /// answers).
     fn epoch(&self) -> Response<ProxyBody> {
         let view = match &*self.source {
-            PrimarySource::Static(s) => s.current(),
+            PrimarySource::Static(s) => s.state(),
             other => {
                 let state = other.watch().current();
-                Epoch {
+                EpochState {
                     epoch: state.term,
                     primary: state.primary.as_deref().unwrap_or_default().to_owned(),
+                    promised: None,
                 }
             }
         };
@@ -84,24 +90,52 @@ impl ClusterService {
     }
 
     async fn announced(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let bytes = match Limited::new(req.into_body(), 4096).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return body::text_response(
-                    StatusCode::BAD_REQUEST,
-                    "announcement too large or cut short\n",
-                )
-            }
-        };
-        match serde_json::from_slice::<Epoch>(&bytes) {
+        match read_claim(req).await {
             Ok(seen) => {
                 self.source.observe(seen.epoch, &seen.primary);
                 self.epoch()
             }
-            Err(e) => body::text_response(
-                StatusCode::BAD_REQUEST,
-                format!("not an epoch announcement: {e}\n"),
-            ),
+            Err(refusal) => refusal,
         }
     }
+
+    /// A vote in a static-mode promote: the promise is on disk before the
+    /// answer leaves.
+    async fn proposed(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let PrimarySource::Static(node) = &*self.source else {
+            return body::text_response(
+                StatusCode::CONFLICT,
+                "this node is not in static mode: check primary.mode on every node\n",
+            );
+        };
+        let proposal = match read_claim(req).await {
+            Ok(proposal) => proposal,
+            Err(refusal) => return refusal,
+        };
+        match node.accept(&proposal) {
+            Ok(vote) => body::json_response(StatusCode::OK, &vote),
+            Err(error) => {
+                body::text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n"))
+            }
+        }
+    }
+}
+
+/// An `{epoch, primary}` body, as announcements and proposals send it.
+async fn read_claim(req: Request<Incoming>) -> Result<Epoch, Response<ProxyBody>> {
+    let bytes = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(body::text_response(
+                StatusCode::BAD_REQUEST,
+                "epoch message too large or cut short\n",
+            ))
+        }
+    };
+    serde_json::from_slice::<Epoch>(&bytes).map_err(|e| {
+        body::text_response(
+            StatusCode::BAD_REQUEST,
+            format!("not an epoch message: {e}\n"),
+        )
+    })
 }

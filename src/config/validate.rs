@@ -150,7 +150,7 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
         if c.cluster.peers.len() == 2 && witnesses == 0 {
             return err(
                 "cluster.peers",
-                "two Raft voters cannot fail over: losing either one loses the majority. Use primary.mode = \"static\" for two nodes, or add a third voter — a witness (`witness = true`, no app) is enough".into(),
+                "two Raft voters cannot fail over: losing either one loses the majority. Use primary.mode = \"static\" for two nodes (its promote needs both nodes up), or add a third voter — a witness (`witness = true`, no app) is enough".into(),
             );
         }
         if app_nodes == 0 {

@@ -6,6 +6,7 @@ mod dev;
 mod litefs_lease;
 pub mod raft;
 mod static_primary;
+pub mod static_promote;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,13 +17,13 @@ use tokio::sync::watch;
 pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
 pub use raft::{RaftLeadership, WriteGuard};
-pub use static_primary::{Epoch, StaticPrimary};
+pub use static_primary::{Epoch, EpochState, PromoteError, StaticPrimary, Vote};
 
 /// The node's source of truth for who the primary is, one per `primary.mode`.
 #[derive(Debug)]
 pub enum PrimarySource {
     Dev(DevPrimary),
-    Static(StaticPrimary),
+    Static(Arc<StaticPrimary>),
     Litefs(Arc<LitefsLease>),
     Raft(Arc<RaftLeadership>),
 }
