@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{self, BoxError, ProxyBody};
 use super::headers::{LITEGATE_ERROR, LITEGATE_PRIMARY, LITEGATE_TERM};
@@ -28,6 +28,10 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the app's response failed: {0}")]
     UpstreamBroken(#[source] BoxError),
+    /// A `101` the client did not ask for, or to another protocol: passing
+    /// it on would let the client talk to the app past litegate.
+    #[error("the app switched protocols without being asked to")]
+    UnaskedUpgrade,
     #[error("the primary's litegate could not be reached: {0}")]
     PeerUnreachable(#[source] BoxError),
     #[error("no primary is known; writes were held for {}", humantime::format_duration(*.waited))]
@@ -47,6 +51,10 @@ pub enum ProxyError {
     ConsistencyTimeout(Duration),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// `CONNECT` (a tunnel) and `TRACE` (which echoes the user's cookies)
+    /// are answered by litegate and never reach an app.
+    #[error("litegate does not pass {0} requests on")]
+    MethodNotAllowed(Method),
     #[error("request head of {size} bytes is over the limit of {limit}")]
     HeadersTooLarge { size: usize, limit: usize },
 }
@@ -56,9 +64,12 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
-            | ProxyError::UpstreamBroken(_) => Side::Upstream,
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade => Side::Upstream,
             ProxyError::PeerUnreachable(_) => Side::Upstream,
-            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
+            ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
             ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
             | ProxyError::Fenced
@@ -82,9 +93,9 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -95,6 +106,7 @@ impl ProxyError {
             ProxyError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
@@ -102,7 +114,9 @@ impl ProxyError {
     /// The machine-readable `Litegate-Error` value.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => "upstream",
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade => "upstream",
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => "timeout",
             ProxyError::PeerUnreachable(_)
             | ProxyError::NoPrimary { .. }
@@ -111,6 +125,7 @@ impl ProxyError {
             ProxyError::NotPrimary { .. } => "not-primary",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::MethodNotAllowed(_) => "method-not-allowed",
             ProxyError::HeadersTooLarge { .. } => "headers-too-large",
         }
     }
@@ -142,6 +157,8 @@ impl ProxyError {
             // An election or a promote settles within a second or two.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // A 405 carries no `Allow`: which methods the path takes is the
+        // app's to say, and litegate has not asked it.
         if let ProxyError::NotPrimary { term, primary } = &self {
             // The sender re-resolves from this view and sends again.
             h.insert(LITEGATE_TERM, HeaderValue::from(*term));

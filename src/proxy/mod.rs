@@ -9,6 +9,7 @@ pub mod errors;
 mod fence;
 pub mod headers;
 pub mod health;
+mod path;
 mod redirect;
 mod replay_body;
 pub mod server;
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 use crate::cluster::client::PeerClient;
 use crate::cluster::peers::PeerTable;
@@ -39,6 +39,7 @@ use headers::{
 };
 use health::UpstreamHealth;
 use replay_body::ReplayBody;
+use upgrade::ClientUpgrade;
 
 /// How long a write waits between tries while the primary is unreachable
 /// or moving (bounded overall by `routing.primary_wait`).
@@ -94,7 +95,7 @@ struct Prepared {
     parts: Parts,
     body: ProxyBody,
     client_version: Version,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     /// The client reached us over https (for the cookie's `Secure`).
     client_https: bool,
 }
@@ -155,10 +156,23 @@ impl Proxy {
     /// otherwise `421 not-primary` tells the sender where to go.
     pub async fn handle_forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let class = self
-            .classifier
-            .classify(req.method(), req.uri().path(), req.headers())
-            .class;
+        let classification = match self.classifier.classify(
+            req.method(),
+            req.uri().path(),
+            req.version(),
+            req.headers(),
+        ) {
+            Ok(classification) => classification,
+            Err(err) => {
+                let outcome = Outcome {
+                    class: Class::of_method(req.method()),
+                    route: Route::Rejected,
+                    result: Err(err),
+                };
+                return self.finish(outcome, started);
+            }
+        };
+        let class = classification.class;
         let sender_term = header_u64(req.headers(), &LITEGATE_TERM);
         if let (Some(term), Some(primary)) =
             (sender_term, header_str(req.headers(), &LITEGATE_PRIMARY))
@@ -198,8 +212,11 @@ impl Proxy {
             // X-Forwarded-For; this hop adds nothing, so the app sees the
             // same headers whichever node the client reached.
             let mut req = req;
-            let upgrade = headers::upgrade_protocol(req.headers());
-            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+            let upgrade = classification.upgrade;
+            let client_upgrade = upgrade.clone().map(|protocol| ClientUpgrade {
+                protocol,
+                connection: hyper::upgrade::on(&mut req),
+            });
             let client_version = req.version();
             let (mut parts, body) = req.into_parts();
             headers::strip_litegate(&mut parts.headers);
@@ -272,9 +289,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Prepared, (Class, ProxyError)> {
-        let classification =
-            self.classifier
-                .classify(req.method(), req.uri().path(), req.headers());
+        let classification = self
+            .classifier
+            .classify(req.method(), req.uri().path(), req.version(), req.headers())
+            .map_err(|err| (Class::of_method(req.method()), err))?;
         let class = classification.class;
 
         let uri_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
@@ -307,8 +325,11 @@ impl Proxy {
 
         let client_upgrade = classification
             .upgrade
-            .is_some()
-            .then(|| hyper::upgrade::on(&mut req));
+            .clone()
+            .map(|protocol| ClientUpgrade {
+                protocol,
+                connection: hyper::upgrade::on(&mut req),
+            });
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
@@ -408,7 +429,7 @@ impl Proxy {
             let req = Request::from_parts(parts, body);
             self.upstream.send(req).await?
         };
-        Ok(relay(resp, client_upgrade, client_version))
+        relay(resp, client_upgrade, client_version)
     }
 
     /// One try of a write at this node's app as the primary, its body from
@@ -426,11 +447,11 @@ impl Proxy {
         *req.headers_mut() = parts.headers.clone();
         stamp_role(req.headers_mut(), &self.primary.current());
         let resp = self.upstream.send_write(req).await?;
-        Ok(relay(
+        relay(
             resp,
             prepared.client_upgrade.take(),
             prepared.client_version,
-        ))
+        )
     }
 
     /// A request only the primary's app may serve: here if this node is the
@@ -440,7 +461,7 @@ impl Proxy {
     /// app: a retry happens only when nothing of it can have reached one.
     async fn to_primary(&self, mut prepared: Prepared, started: Instant) -> Outcome {
         let class = prepared.class;
-        let deadline = started + self.primary_wait;
+        let deadline = deadline_after(started, self.primary_wait);
         let no_primary = |route| Outcome {
             class,
             route,
@@ -595,7 +616,16 @@ impl Proxy {
                 Ok(resp) => {
                     metrics::record_forward(sent.elapsed());
                     let client_upgrade = prepared.client_upgrade.take();
-                    let mut resp = relay(resp, client_upgrade, prepared.client_version);
+                    let mut resp = match relay(resp, client_upgrade, prepared.client_version) {
+                        Ok(resp) => resp,
+                        Err(err) => {
+                            return Outcome {
+                                class,
+                                route: Route::Forwarded,
+                                result: Err(err),
+                            }
+                        }
+                    };
                     let txid = resp.headers_mut().remove(LITEGATE_TXID).and_then(|v| {
                         v.to_str()
                             .ok()
@@ -706,22 +736,37 @@ async fn whole_if_small(headers: &HeaderMap, body: ProxyBody) -> Result<ProxyBod
 /// An app's (or the primary's) response on its way to the client: joined
 /// byte for byte on `101`, hop-by-hop headers removed, in the client's
 /// HTTP version (an HTTP/1.0 app must not close a keep-alive client).
+///
+/// A `101` passes only if the client asked for that very upgrade; any other
+/// is an error, and the app's connection is dropped with the response.
 fn relay(
     mut resp: Response<Incoming>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     client_version: Version,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let carried_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            upgrade::bridge(client_upgrade, hyper::upgrade::on(&mut resp));
-        }
+        let Some(client) = client_upgrade
+            .filter(|client| headers::upgrade_agreed(&client.protocol, resp.headers()))
+        else {
+            return Err(ProxyError::UnaskedUpgrade);
+        };
+        upgrade::bridge(client.connection, hyper::upgrade::on(&mut resp));
         resp.headers().get(header::UPGRADE).cloned()
     } else {
         None
     };
     headers::strip_hop_by_hop(resp.headers_mut(), carried_upgrade);
     *resp.version_mut() = client_version;
-    resp.map(body::stream)
+    Ok(resp.map(body::stream))
+}
+
+/// When a wait that starts at `start` ends; never panics, however long the
+/// wait (config validation bounds it too).
+fn deadline_after(start: Instant, wait: Duration) -> Instant {
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(start)
 }
 
 /// Tells the app what this node is, so primary-only work can check.
@@ -758,4 +803,19 @@ fn header_str<'a>(h: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> 
 
 fn header_u64(h: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
     header_str(h, name).and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_never_overflows() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(deadline_after(now, Duration::MAX) > now);
+    }
 }
