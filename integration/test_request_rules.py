@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from harness import INTEGRATION, free_port, litegate_bin, start_dev, start_static_cluster, wait_for_port
+from harness import INTEGRATION, free_port, litegate_bin, start_dev, start_static_cluster, wait_for_port, wait_until
 
 FIXTURES = INTEGRATION / "fixtures"
 
@@ -116,13 +116,14 @@ def test_an_h2c_upgrade_never_reaches_the_app(procs, connection):
 
 
 class SwitchingApp:
-    """An app that answers every request with `101` to h2c, asked or not,
-    then closes. Counts the requests it got."""
+    """An app that answers every request with `101` to h2c, asked or not.
+    Counts the requests it got, and the connections the proxy then closed."""
 
     def __init__(self):
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.requests = 0
+        self.closed_after_101 = 0
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -147,6 +148,9 @@ class SwitchingApp:
                 self.requests += 1
                 conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
                              b"not http at all")
+                while conn.recv(4096):
+                    pass
+                self.closed_after_101 += 1
             except OSError:
                 return
 
@@ -171,6 +175,8 @@ def test_an_unasked_101_from_the_app_becomes_a_502(procs, switching_app, asked):
     assert resp.getheader("litegate-error") == "upstream"
     assert b"switched protocols" in resp.body
     assert switching_app.requests == 1
+    # The app's connection is not kept for another request.
+    wait_until(lambda: switching_app.closed_after_101 == 1, 10, "litegate closing the app's connection")
 
 
 SPELLINGS = ["/%6fauth/callback", "/oauth%2Fcallback", "//oauth/callback", "/static/../oauth/callback"]

@@ -133,10 +133,14 @@ impl Classifier {
         }
         let requested = headers::requested_upgrade(headers)?;
         let name = headers::upgrade_protocol(requested)?;
-        self.upgrade_protocols
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(name))
-            .then(|| requested.clone())
+        // Config validation refuses h2c too; this holds however the
+        // classifier was built.
+        let allowed = !name.eq_ignore_ascii_case("h2c")
+            && self
+                .upgrade_protocols
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name));
+        allowed.then(|| requested.clone())
     }
 }
 
@@ -313,6 +317,22 @@ mod tests {
             assert!(c.upgrade.is_none(), "{method} {version:?} {h:?}");
             assert_eq!(c.needs_primary, *want == Class::Write);
         }
+    }
+
+    #[test]
+    fn h2c_never_upgrades_even_if_listed() {
+        let routing = RoutingConfig {
+            upgrade_protocols: vec!["websocket".into(), "h2c".into()],
+            ..RoutingConfig::default()
+        };
+        let h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        let c = Classifier::new(&routing)
+            .classify(&Method::GET, "/", Version::HTTP_11, &h)
+            .unwrap();
+        assert_eq!((c.class, c.upgrade), (Class::Read, None));
     }
 
     #[test]
