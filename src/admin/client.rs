@@ -44,7 +44,9 @@ pub enum KnownRole {
 
 /// Asks `{admin}/status` until the node knows its role, for up to `wait`.
 pub async fn wait_for_role(admin: &str, wait: std::time::Duration) -> Result<KnownRole, String> {
-    let deadline = tokio::time::Instant::now() + wait;
+    // Elapsed time against `wait`, not a deadline: `now + wait` overflows
+    // for a `--wait` of centuries.
+    let started = tokio::time::Instant::now();
     loop {
         let status = fetch_status(admin).await?;
         match (status["role"].as_str(), status["primary"].as_str()) {
@@ -52,7 +54,7 @@ pub async fn wait_for_role(admin: &str, wait: std::time::Duration) -> Result<Kno
             (Some("replica"), Some(primary)) => return Ok(KnownRole::Replica(primary.to_owned())),
             _ => {}
         }
-        if tokio::time::Instant::now() >= deadline {
+        if started.elapsed() >= wait {
             return Err(format!(
                 "no primary is known after {} (election under way, or the cluster has no majority): nothing was run; try again, or raise --wait",
                 humantime::format_duration(wait)

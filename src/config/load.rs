@@ -262,6 +262,26 @@ mod tests {
     }
 
     #[test]
+    fn huge_duration_is_refused_with_the_key() {
+        let err = load_str(
+            &format!("{DEV}[routing]\nprimary_wait = \"100000000000years\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`routing.primary_wait`"), "{err}");
+        assert!(err.contains("at most \"1h\""), "{err}");
+        let err = load_str(
+            DEV,
+            &[("LITEGATE_ROUTING_UPGRADE_PROTOCOLS", "websocket, h2c")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`routing.upgrade_protocols`"), "{err}");
+        assert!(err.contains("LITEGATE_ROUTING_UPGRADE_PROTOCOLS"), "{err}");
+    }
+
+    #[test]
     fn env_overrides_and_lists() {
         let c = load_str(
             DEV,

@@ -139,6 +139,10 @@ pub struct RoutingConfig {
     #[serde(deserialize_with = "string_or_list")]
     pub local_paths: Vec<PathGlob>,
     pub primary_wait: Duration,
+    /// The `Upgrade` protocols an HTTP/1.1 `GET` may switch to (matched
+    /// case-insensitively); any other upgrade is passed as a plain request.
+    #[serde(deserialize_with = "string_or_list")]
+    pub upgrade_protocols: Vec<String>,
 }
 
 impl Default for RoutingConfig {
@@ -148,6 +152,7 @@ impl Default for RoutingConfig {
             primary_paths: Vec::new(),
             local_paths: Vec::new(),
             primary_wait: Duration::from_secs(5),
+            upgrade_protocols: vec!["websocket".to_owned()],
         }
     }
 }

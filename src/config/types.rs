@@ -108,7 +108,8 @@ impl<'de> Deserialize<'de> for ListenAddr {
 pub fn string_or_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr<Err = String>,
+    T: FromStr,
+    T::Err: fmt::Display,
 {
     #[derive(Deserialize)]
     #[serde(untagged)]

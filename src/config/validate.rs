@@ -1,8 +1,137 @@
 //! Checks that need more than one key, or more than a value's syntax.
 
 use std::collections::HashSet;
+use std::time::Duration as StdDuration;
 
-use super::{Config, ConfigError, Origin, PrimaryMode};
+use super::{Config, ConfigError, Duration, Origin, PrimaryMode};
+use crate::proxy::headers::is_token;
+
+/// The most `upstream.max_concurrency` may be: far above what one app
+/// serves, and far below what tokio's semaphore can count
+/// (`Semaphore::MAX_PERMITS`, past which it panics).
+pub const MAX_CONCURRENCY: usize = 1_000_000;
+const _: () = assert!(MAX_CONCURRENCY <= tokio::sync::Semaphore::MAX_PERMITS);
+
+/// The most `public.max_header_bytes` may be (1 MiB): browsers send a few
+/// KiB, and the listener's buffers are sized from it.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+
+const NONZERO: StdDuration = StdDuration::from_nanos(1);
+const MINUTE: StdDuration = StdDuration::from_secs(60);
+const HOUR: StdDuration = StdDuration::from_secs(3600);
+const DAY: StdDuration = StdDuration::from_secs(86_400);
+
+/// A duration key and the range it must be in. The maxima are far past any
+/// sensible setting (a `"5d"` meant as `"5s"` is caught), and they keep
+/// every `Instant + duration` litegate computes from overflowing.
+struct DurationBound {
+    key: &'static str,
+    value: Duration,
+    min: StdDuration,
+    max: StdDuration,
+}
+
+impl DurationBound {
+    fn check(&self) -> Result<(), String> {
+        let value = self.value.get();
+        if value < self.min {
+            return Err(if self.min == NONZERO {
+                "must be longer than 0, e.g. \"5s\"".to_owned()
+            } else {
+                format!(
+                    "{} is too short: use at least \"{}\"",
+                    self.value,
+                    Duration(self.min)
+                )
+            });
+        }
+        if value > self.max {
+            return Err(format!(
+                "{} is longer than litegate allows here: use at most \"{}\"",
+                self.value,
+                Duration(self.max)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn duration_bounds(c: &Config) -> [DurationBound; 11] {
+    let bound = |key, value, min, max| DurationBound {
+        key,
+        value,
+        min,
+        max,
+    };
+    let [election_min, election_max] = c.cluster.election_timeout;
+    let ms = StdDuration::from_millis(1);
+    [
+        bound(
+            "public.header_read_timeout",
+            c.public.header_read_timeout,
+            NONZERO,
+            HOUR,
+        ),
+        bound(
+            "public.shutdown_grace",
+            c.public.shutdown_grace,
+            StdDuration::ZERO,
+            DAY,
+        ),
+        bound(
+            "upstream.connect_timeout",
+            c.upstream.connect_timeout,
+            NONZERO,
+            HOUR,
+        ),
+        bound("upstream.timeout", c.upstream.timeout, NONZERO, DAY),
+        bound(
+            "upstream.pool_idle_timeout",
+            c.upstream.pool_idle_timeout,
+            StdDuration::ZERO,
+            DAY,
+        ),
+        bound(
+            "upstream.health_interval",
+            c.upstream.health_interval,
+            NONZERO,
+            HOUR,
+        ),
+        bound(
+            "routing.primary_wait",
+            c.routing.primary_wait,
+            StdDuration::ZERO,
+            HOUR,
+        ),
+        bound(
+            "consistency.wait_timeout",
+            c.consistency.wait_timeout,
+            NONZERO,
+            HOUR,
+        ),
+        // Raft counts in whole milliseconds: less would round to 0.
+        bound("cluster.heartbeat", c.cluster.heartbeat, ms, MINUTE),
+        bound("cluster.election_timeout", election_min, ms, 10 * MINUTE),
+        bound("cluster.election_timeout", election_max, ms, 10 * MINUTE),
+    ]
+}
+
+/// Each entry is a protocol name as the `Upgrade` header carries it, and
+/// never `h2c`: after an h2c upgrade the client speaks HTTP/2 straight to
+/// the app, past every header litegate sets or strips.
+fn upgrade_protocols(protocols: &[String]) -> Result<(), String> {
+    for protocol in protocols {
+        if protocol.eq_ignore_ascii_case("h2c") {
+            return Err("\"h2c\" cannot be allowed: after an h2c upgrade the client would talk HTTP/2 straight to the app, past litegate; remove it (HTTP/2 clients can speak HTTP/2 to litegate itself)".to_owned());
+        }
+        if !is_token(protocol) {
+            return Err(format!(
+                "{protocol:?} is not a protocol name: write names as the Upgrade header carries them, letters, digits and -._~!#$%&'*+^`|, e.g. [\"websocket\"]"
+            ));
+        }
+    }
+    Ok(())
+}
 
 pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| -> Result<(), ConfigError> {
@@ -12,21 +141,24 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
     if let Err(m) = upstream_url(&c.upstream.url) {
         return err("upstream.url", m);
     }
-    for (key, d) in [
-        ("upstream.connect_timeout", c.upstream.connect_timeout),
-        ("upstream.timeout", c.upstream.timeout),
-        ("upstream.health_interval", c.upstream.health_interval),
-        ("public.header_read_timeout", c.public.header_read_timeout),
-        ("consistency.wait_timeout", c.consistency.wait_timeout),
-    ] {
-        if d.get().is_zero() {
-            return err(key, "must be longer than 0, e.g. \"5s\"".into());
-        }
+    for bound in duration_bounds(c) {
+        bound
+            .check()
+            .map_err(|m| ConfigError::key(bound.key, origin, m))?;
     }
     if c.upstream.max_concurrency == 0 {
         return err(
             "upstream.max_concurrency",
             "must be at least 1 (it bounds requests in flight to the app)".into(),
+        );
+    }
+    if c.upstream.max_concurrency > MAX_CONCURRENCY {
+        return err(
+            "upstream.max_concurrency",
+            format!(
+                "{} is more than litegate can count: use at most {MAX_CONCURRENCY} (default 1024)",
+                c.upstream.max_concurrency
+            ),
         );
     }
     if c.public.max_header_bytes < 1024 {
@@ -37,6 +169,18 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
                 c.public.max_header_bytes
             ),
         );
+    }
+    if c.public.max_header_bytes > MAX_HEADER_BYTES {
+        return err(
+            "public.max_header_bytes",
+            format!(
+                "{} is larger than any real request head: use at most {MAX_HEADER_BYTES} (default 65536)",
+                c.public.max_header_bytes
+            ),
+        );
+    }
+    if let Err(m) = upgrade_protocols(&c.routing.upgrade_protocols) {
+        return err("routing.upgrade_protocols", m);
     }
     if c.public.tls_cert.is_empty() != c.public.tls_key.is_empty() {
         return err(
@@ -240,5 +384,149 @@ fn host_port(addr: &str) -> Result<(), String> {
         _ => Err(format!(
             "{addr:?} is not host:port: write e.g. \"10.0.0.1:7070\""
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> Config {
+        let mut c = Config::default();
+        c.primary.mode = PrimaryMode::Dev;
+        c
+    }
+
+    fn refusal(c: &Config) -> String {
+        validate(c, &Origin::Flags)
+            .expect_err("the config was accepted")
+            .to_string()
+    }
+
+    fn duration(s: &str) -> Duration {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        validate(&dev(), &Origin::Flags).unwrap();
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        type Set = fn(&mut Config, Duration);
+        let keys: &[(&str, Set)] = &[
+            ("public.header_read_timeout", |c, d| {
+                c.public.header_read_timeout = d
+            }),
+            ("public.shutdown_grace", |c, d| c.public.shutdown_grace = d),
+            ("upstream.connect_timeout", |c, d| {
+                c.upstream.connect_timeout = d
+            }),
+            ("upstream.timeout", |c, d| c.upstream.timeout = d),
+            ("upstream.pool_idle_timeout", |c, d| {
+                c.upstream.pool_idle_timeout = d
+            }),
+            ("upstream.health_interval", |c, d| {
+                c.upstream.health_interval = d
+            }),
+            ("routing.primary_wait", |c, d| c.routing.primary_wait = d),
+            ("consistency.wait_timeout", |c, d| {
+                c.consistency.wait_timeout = d
+            }),
+            ("cluster.heartbeat", |c, d| c.cluster.heartbeat = d),
+            ("cluster.election_timeout", |c, d| {
+                c.cluster.election_timeout[1] = d
+            }),
+        ];
+        // Far past `Instant + Duration`'s range, and just past the bound.
+        for huge in ["1000000000years", "25h"] {
+            for (key, set) in keys {
+                let mut c = dev();
+                set(&mut c, duration(huge));
+                let err = refusal(&c);
+                assert!(err.contains(&format!("`{key}`")), "{err}");
+                assert!(err.contains("at most"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_cannot_work() {
+        for key in [
+            "upstream.timeout",
+            "upstream.health_interval",
+            "cluster.heartbeat",
+        ] {
+            let mut c = dev();
+            match key {
+                "upstream.timeout" => c.upstream.timeout = duration("0s"),
+                "upstream.health_interval" => c.upstream.health_interval = duration("0s"),
+                _ => c.cluster.heartbeat = duration("0s"),
+            }
+            assert!(refusal(&c).contains(&format!("`{key}`")), "{key}");
+        }
+        // A primary_wait of 0 is a choice: fail writes at once.
+        let mut c = dev();
+        c.routing.primary_wait = duration("0s");
+        validate(&c, &Origin::Flags).unwrap();
+    }
+
+    #[test]
+    fn bounds_are_accepted_at_the_limit() {
+        let mut c = dev();
+        c.routing.primary_wait = duration("1h");
+        c.upstream.timeout = duration("1day");
+        c.upstream.max_concurrency = MAX_CONCURRENCY;
+        c.public.max_header_bytes = MAX_HEADER_BYTES;
+        validate(&c, &Origin::Flags).unwrap();
+    }
+
+    #[test]
+    fn max_concurrency_fits_the_semaphore() {
+        // The largest accepted value makes a semaphore without panicking.
+        let semaphore = tokio::sync::Semaphore::new(MAX_CONCURRENCY);
+        assert_eq!(semaphore.available_permits(), MAX_CONCURRENCY);
+        let mut c = dev();
+        c.upstream.max_concurrency = tokio::sync::Semaphore::MAX_PERMITS + 1;
+        let err = refusal(&c);
+        assert!(
+            err.contains("`upstream.max_concurrency`") && err.contains("at most"),
+            "{err}"
+        );
+        c.upstream.max_concurrency = usize::MAX;
+        refusal(&c);
+    }
+
+    #[test]
+    fn max_header_bytes_is_bounded() {
+        let mut c = dev();
+        c.public.max_header_bytes = usize::MAX;
+        let err = refusal(&c);
+        assert!(err.contains("`public.max_header_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn upgrade_protocols_are_tokens_and_never_h2c() {
+        for bad in ["h2c", "H2C", "web socket", "websocket/13", ""] {
+            let mut c = dev();
+            c.routing.upgrade_protocols = vec!["websocket".into(), bad.into()];
+            let err = refusal(&c);
+            assert!(
+                err.contains("`routing.upgrade_protocols`"),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = {
+            let mut c = dev();
+            c.routing.upgrade_protocols = vec!["h2c".into()];
+            refusal(&c)
+        };
+        assert!(err.contains("remove it"), "{err}");
+        let mut c = dev();
+        c.routing.upgrade_protocols = Vec::new();
+        validate(&c, &Origin::Flags).unwrap();
+        c.routing.upgrade_protocols = vec!["websocket".into(), "x-custom".into()];
+        validate(&c, &Origin::Flags).unwrap();
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{self, BoxError, ProxyBody};
 use super::headers::{LITEGATE_ERROR, LITEGATE_PRIMARY, LITEGATE_TERM};
@@ -48,6 +48,10 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the app's response failed: {0}")]
     UpstreamBroken(#[source] BoxError),
+    /// A `101` the client did not ask for, or to another protocol: passing
+    /// it on would let the client talk to the app past litegate.
+    #[error("the app switched protocols without being asked to")]
+    UnaskedUpgrade,
     #[error("the primary's litegate could not be reached: {0}")]
     PeerUnreachable(#[source] BoxError),
     /// The link to the primary's litegate failed, or the primary changed,
@@ -75,6 +79,10 @@ pub enum ProxyError {
     ConsistencyTimeout(Duration),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// `CONNECT` (a tunnel) and `TRACE` (which echoes the user's cookies)
+    /// are answered by litegate and never reach an app.
+    #[error("litegate does not pass {0} requests on")]
+    MethodNotAllowed(Method),
     #[error("request head of {size} bytes is over the limit of {limit}")]
     HeadersTooLarge { size: usize, limit: usize },
 }
@@ -85,10 +93,13 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade
             | ProxyError::PeerUnreachable(_)
             | ProxyError::PeerLost(_)
             | ProxyError::Indeterminate(_) => Side::Upstream,
-            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
+            ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
             ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
             | ProxyError::Fenced
@@ -103,6 +114,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade
             | ProxyError::Indeterminate(_) => Sent::Maybe,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::PeerUnreachable(_)
@@ -114,6 +126,7 @@ impl ProxyError {
             | ProxyError::Unauthorized
             | ProxyError::ConsistencyTimeout(_)
             | ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
             | ProxyError::HeadersTooLarge { .. } => Sent::Nothing,
         }
     }
@@ -152,6 +165,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade
             | ProxyError::Indeterminate(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -164,6 +178,7 @@ impl ProxyError {
             ProxyError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
@@ -171,7 +186,9 @@ impl ProxyError {
     /// The machine-readable `Litegate-Error` value.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => "upstream",
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnaskedUpgrade => "upstream",
             ProxyError::UpstreamTimeout(_) | ProxyError::ConsistencyTimeout(_) => "timeout",
             ProxyError::Indeterminate(_) => "indeterminate",
             ProxyError::PeerUnreachable(_)
@@ -182,6 +199,7 @@ impl ProxyError {
             ProxyError::NotPrimary { .. } => "not-primary",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::MethodNotAllowed(_) => "method-not-allowed",
             ProxyError::HeadersTooLarge { .. } => "headers-too-large",
         }
     }
@@ -216,6 +234,8 @@ impl ProxyError {
             // An election or a promote settles within a second or two.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // A 405 carries no `Allow`: which methods the path takes is the
+        // app's to say, and litegate has not asked it.
         if let ProxyError::NotPrimary { term, primary } = &self {
             // The sender re-resolves from this view and sends again.
             h.insert(LITEGATE_TERM, HeaderValue::from(*term));

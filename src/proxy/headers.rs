@@ -20,9 +20,12 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// RFC 9110 §7.6.1, plus `Proxy-Connection`, which old clients still send.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// RFC 9110 §7.6.1, plus `Proxy-Connection`, which old clients still send,
+/// and `HTTP2-Settings`, which only an h2c upgrade uses — and litegate never
+/// passes one on, so it goes even when `Connection` does not name it.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     PROXY_CONNECTION,
     KEEP_ALIVE,
@@ -30,6 +33,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HTTP2_SETTINGS,
 ];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. When
@@ -70,15 +74,55 @@ pub fn strip_litegate(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` value when this is an HTTP/1.1 upgrade request (WebSocket).
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection = headers.get(header::CONNECTION)?.to_str().ok()?;
-    let wants_upgrade = connection
-        .split(',')
+/// The one protocol a request asks to upgrade to: `Connection` lists the
+/// `upgrade` token and `Upgrade` names exactly one protocol. A request that
+/// offers several is not treated as an upgrade: litegate would have to pick
+/// one for the app, and an app may pick another (RFC 9110 §7.8).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let wants_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    wants_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    if !wants_upgrade {
+        return None;
+    }
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    upgrade_protocol(value).map(|_| value)
+}
+
+/// The name of the protocol in an `Upgrade` value that names exactly one
+/// (`name` or `name/version`, RFC 9110 §7.8), e.g. `websocket`.
+pub fn upgrade_protocol(value: &HeaderValue) -> Option<&str> {
+    let protocol = value.to_str().ok()?.trim();
+    let (name, version) = match protocol.split_once('/') {
+        Some((name, version)) => (name, Some(version)),
+        None => (protocol, None),
+    };
+    (is_token(name) && version.is_none_or(is_token)).then_some(name)
+}
+
+/// True when an app's `101` switches to the protocol the client asked for.
+pub fn upgrade_agreed(requested: &HeaderValue, response: &HeaderMap) -> bool {
+    let mut values = response.get_all(header::UPGRADE).iter();
+    let (Some(answered), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    upgrade_protocol(answered).is_some()
+        && match (requested.to_str(), answered.to_str()) {
+            (Ok(requested), Ok(answered)) => requested.trim().eq_ignore_ascii_case(answered.trim()),
+            _ => false,
+        }
+}
+
+/// An RFC 9110 §5.6.2 token: what a header field's protocol name may be.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The size of a request head as it would be on the wire, for the 431 limit.
@@ -168,11 +212,97 @@ mod tests {
     #[test]
     fn upgrade_is_carried() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        let proto = upgrade_protocol(&h);
+        let proto = requested_upgrade(&h).cloned();
         assert_eq!(proto.as_ref().unwrap(), "websocket");
         strip_hop_by_hop(&mut h, proto);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn an_upgrade_not_carried_is_dropped() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "foo"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn http2_settings_is_always_stripped() {
+        // Not named in Connection: removed all the same.
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn requested_upgrades() {
+        let asked = |pairs: &[(&str, &str)]| requested_upgrade(&map(pairs)).cloned();
+        assert_eq!(
+            asked(&[
+                ("connection", "keep-alive"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket")
+            ])
+            .unwrap(),
+            "websocket"
+        );
+        assert_eq!(
+            asked(&[("connection", "upgrade"), ("upgrade", " websocket/13 ")]).unwrap(),
+            " websocket/13 "
+        );
+        // No `upgrade` token in Connection, no Upgrade, several protocols,
+        // or a malformed one: not an upgrade.
+        assert!(asked(&[("upgrade", "websocket")]).is_none());
+        assert!(asked(&[("connection", "upgraded"), ("upgrade", "websocket")]).is_none());
+        assert!(asked(&[("connection", "upgrade")]).is_none());
+        assert!(asked(&[("connection", "upgrade"), ("upgrade", "websocket, h2c")]).is_none());
+        assert!(asked(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c")
+        ])
+        .is_none());
+        assert!(asked(&[("connection", "upgrade"), ("upgrade", "web socket")]).is_none());
+        assert!(asked(&[("connection", "upgrade"), ("upgrade", "")]).is_none());
+        assert_eq!(
+            upgrade_protocol(&HeaderValue::from_static("WebSocket/13")),
+            Some("WebSocket")
+        );
+    }
+
+    #[test]
+    fn a_101_must_switch_to_the_protocol_asked_for() {
+        let asked = HeaderValue::from_static("websocket");
+        assert!(upgrade_agreed(&asked, &map(&[("upgrade", "websocket")])));
+        assert!(upgrade_agreed(&asked, &map(&[("upgrade", "WebSocket")])));
+        assert!(!upgrade_agreed(&asked, &map(&[("upgrade", "h2c")])));
+        assert!(!upgrade_agreed(&asked, &map(&[])));
+        assert!(!upgrade_agreed(
+            &asked,
+            &map(&[("upgrade", "websocket"), ("upgrade", "h2c")])
+        ));
+        assert!(!upgrade_agreed(
+            &asked,
+            &map(&[("upgrade", "websocket, h2c")])
+        ));
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_token("websocket"));
+        assert!(is_token("x-my.proto~1"));
+        for bad in ["", "a b", "a/b", "a,b", "a\"b", "é"] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Proxy {
             .upstream
             .send(Request::from_parts(parts, body))
             .await
-            .map(|resp| respond::relay(resp, client_upgrade, client_version, Origin::App));
+            .and_then(|resp| respond::relay(resp, client_upgrade, client_version, Origin::App));
         Outcome {
             class,
             route: metrics::Route::Local,
@@ -90,9 +90,7 @@ impl Proxy {
     /// redirected. Never sent twice to an app.
     async fn to_primary(&self, mut prepared: Prepared, started: Instant) -> Outcome {
         let class = prepared.class;
-        let deadline = started
-            .checked_add(self.primary_wait)
-            .unwrap_or(started + Duration::from_secs(3600));
+        let deadline = super::deadline_after(started, self.primary_wait);
         let mut watch = self.primary.clone();
         // The body, from the first try on: kept so that a try that sent
         // nothing can be made again.
@@ -275,7 +273,7 @@ impl Proxy {
             prepared.client_upgrade.take(),
             prepared.client_version,
             Origin::App,
-        );
+        )?;
         self.set_txid_cookie(
             &mut resp,
             self.position_after(prepared.class),
@@ -354,7 +352,7 @@ impl Proxy {
             prepared.client_upgrade.take(),
             prepared.client_version,
             Origin::Peer,
-        );
+        )?;
         let txid = resp.headers_mut().remove(LITEGATE_TXID).and_then(|v| {
             v.to_str()
                 .ok()

@@ -7,10 +7,14 @@
 //!    `public.trusted_proxies`, and speaks HTTP/1.1 or HTTP/2 (h2c prior
 //!    knowledge, or ALPN over TLS) on the same port. A head must arrive
 //!    within `public.header_read_timeout`; hyper answers malformed ones 400.
-//! 2. **Classify** (`classify.rs`). From the method, path and headers alone:
-//!    `read`, `write` (a mutating method, or any method on a
+//! 2. **Classify** (`classify.rs`, `path.rs`). From the method, path and
+//!    headers alone: `read`, `write` (a mutating method, or any method on a
 //!    `routing.primary_paths` path), `local` (`routing.local_paths`), or
-//!    `websocket` (an upgrade). [`Proxy::prepare`] then refuses a head over
+//!    `websocket` (an HTTP/1.1 `GET` upgrading to one of
+//!    `routing.upgrade_protocols`; never `h2c`). Globs match the decoded,
+//!    normalised path; a path that cannot be decoded safely is refused
+//!    (400), and so are `CONNECT` and `TRACE` (405). [`Proxy::prepare`]
+//!    then refuses a head over
 //!    `public.max_header_bytes` (431) and an HTTP/1.1 request without `Host`
 //!    (400), and rewrites the headers (`headers.rs`): client `Litegate-*`
 //!    and hop-by-hop headers go, `X-Forwarded-*` are set, `Host` is kept
@@ -57,6 +61,7 @@ mod forward;
 pub mod headers;
 pub mod health;
 mod lifecycle;
+mod path;
 mod redirect;
 mod replay_body;
 mod respond;
@@ -72,7 +77,6 @@ use std::time::{Duration, Instant};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 use crate::cluster::client::PeerClient;
 use crate::cluster::peers::PeerTable;
@@ -89,6 +93,7 @@ use fence::Attempt;
 use headers::{ForwardedFor, LITEGATE_PRIMARY, LITEGATE_TERM, LITEGATE_TXID};
 use health::UpstreamHealth;
 use respond::Origin;
+use upgrade::ClientUpgrade;
 
 /// How long a forwarded write waits on a leader whose lease has not
 /// started (or lapsed) before it is sent back with `421`.
@@ -137,7 +142,7 @@ struct Prepared {
     parts: Parts,
     body: ProxyBody,
     client_version: Version,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     /// The client reached us over https (for the cookie's `Secure`).
     client_https: bool,
 }
@@ -206,17 +211,27 @@ impl Proxy {
     /// sender knows nothing reached an app).
     pub async fn handle_forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let class = self
-            .classifier
-            .classify(req.method(), req.uri().path(), req.headers())
-            .class;
+        let classification = match self.classifier.classify(
+            req.method(),
+            req.uri().path(),
+            req.version(),
+            req.headers(),
+        ) {
+            Ok(classification) => classification,
+            Err(err) => {
+                let outcome = Outcome::rejected(Class::of_method(req.method()), err);
+                return self.finish(outcome, started);
+            }
+        };
+        let class = classification.class;
         let sender_term = header_u64(req.headers(), &LITEGATE_TERM);
         if let (Some(term), Some(primary)) =
             (sender_term, header_str(req.headers(), &LITEGATE_PRIMARY))
         {
             self.source.observe(term, primary);
         }
-        self.wait_for_lease(started + LEASE_GRACE).await;
+        self.wait_for_lease(deadline_after(started, LEASE_GRACE))
+            .await;
         let permit = self
             .source
             .write_permit(&self.primary)
@@ -226,7 +241,9 @@ impl Proxy {
             Some(permit) => Outcome {
                 class,
                 route: metrics::Route::Local,
-                result: self.write_admitted(req, permit, class).await,
+                result: self
+                    .write_admitted(req, permit, class, classification.upgrade)
+                    .await,
             },
         };
         self.finish(outcome, started)
@@ -253,9 +270,12 @@ impl Proxy {
         mut req: Request<Incoming>,
         permit: WritePermit,
         class: Class,
+        upgrade: Option<HeaderValue>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let upgrade = headers::upgrade_protocol(req.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.clone().map(|protocol| ClientUpgrade {
+            protocol,
+            connection: hyper::upgrade::on(&mut req),
+        });
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         // Reading the body is the admission the sender waits for.
@@ -276,7 +296,7 @@ impl Proxy {
             .await
         {
             Ok(resp) => {
-                let mut resp = respond::relay(resp, client_upgrade, client_version, Origin::App);
+                let mut resp = respond::relay(resp, client_upgrade, client_version, Origin::App)?;
                 // The forwarding node turns this into the client's cookie.
                 if let Some(txid) = self.position_after(class) {
                     let hex = HeaderValue::from_str(&format!("{txid:016x}")).expect("hex is ASCII");
@@ -305,9 +325,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Prepared, (Class, ProxyError)> {
-        let classification =
-            self.classifier
-                .classify(req.method(), req.uri().path(), req.headers());
+        let classification = self
+            .classifier
+            .classify(req.method(), req.uri().path(), req.version(), req.headers())
+            .map_err(|err| (Class::of_method(req.method()), err))?;
         let class = classification.class;
 
         let uri_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
@@ -340,8 +361,11 @@ impl Proxy {
 
         let client_upgrade = classification
             .upgrade
-            .is_some()
-            .then(|| hyper::upgrade::on(&mut req));
+            .clone()
+            .map(|protocol| ClientUpgrade {
+                protocol,
+                connection: hyper::upgrade::on(&mut req),
+            });
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
@@ -399,10 +423,34 @@ impl server::Handler for Proxy {
     }
 }
 
+/// When a wait that starts at `start` ends; never panics, however long the
+/// wait (config validation bounds it too).
+fn deadline_after(start: Instant, wait: Duration) -> Instant {
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(start)
+}
+
 fn header_str<'a>(h: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn header_u64(h: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
     header_str(h, name).and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_never_overflows() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(deadline_after(now, Duration::MAX) > now);
+    }
 }

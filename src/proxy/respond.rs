@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 use super::body::{self, ProxyBody};
 use super::errors::ProxyError;
 use super::headers::{self, LITEGATE_PRIMARY, LITEGATE_ROLE, LITEGATE_SERVED_BY, LITEGATE_TERM};
-use super::{upgrade, Outcome, Proxy};
+use super::upgrade::{self, ClientUpgrade};
+use super::{Outcome, Proxy};
 use crate::consistency;
 use crate::metrics;
 use crate::primary::{PrimaryState, Role};
@@ -25,20 +25,24 @@ pub enum Origin {
     Peer,
 }
 
-/// A response on its way to the client: joined byte for byte on `101`,
-/// hop-by-hop headers removed, an app's `Litegate-*` headers removed, in
-/// the client's HTTP version (an HTTP/1.0 app must not close a keep-alive
-/// client).
+/// A response on its way to the client: joined byte for byte on a `101`
+/// to the upgrade the client asked for (any other `101` is refused: it
+/// would let the client talk to the app past litegate), hop-by-hop headers
+/// removed, an app's `Litegate-*` headers removed, in the client's HTTP
+/// version (an HTTP/1.0 app must not close a keep-alive client).
 pub fn relay(
     mut resp: Response<Incoming>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     client_version: Version,
     origin: Origin,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let carried_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            upgrade::bridge(client_upgrade, hyper::upgrade::on(&mut resp));
-        }
+        let Some(client) = client_upgrade
+            .filter(|client| headers::upgrade_agreed(&client.protocol, resp.headers()))
+        else {
+            return Err(ProxyError::UnaskedUpgrade);
+        };
+        upgrade::bridge(client.connection, hyper::upgrade::on(&mut resp));
         resp.headers().get(header::UPGRADE).cloned()
     } else {
         None
@@ -48,7 +52,7 @@ pub fn relay(
     }
     headers::strip_hop_by_hop(resp.headers_mut(), carried_upgrade);
     *resp.version_mut() = client_version;
-    resp.map(body::stream)
+    Ok(resp.map(body::stream))
 }
 
 /// Tells the app what this node is, so primary-only work can check.

@@ -2,8 +2,16 @@
 //! client's connection and the app's are joined and bytes flow both ways
 //! until either side closes.
 
+use http::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+
+/// An upgrade a client asked for and litegate allowed: the one protocol
+/// the app may switch to, and the client's connection for after the `101`.
+pub struct ClientUpgrade {
+    pub protocol: HeaderValue,
+    pub connection: OnUpgrade,
+}
 
 /// Joins the two upgraded connections in a task of their own, so the `101`
 /// can be sent to the client first (the client's side upgrades only then).
