@@ -5,7 +5,9 @@
 mod dev;
 mod litefs_lease;
 pub mod raft;
+mod raft_publisher;
 mod static_primary;
+mod write_gate;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +17,9 @@ use tokio::sync::watch;
 
 pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
-pub use raft::{RaftLeadership, WriteGuard};
+pub use raft::RaftLeadership;
 pub use static_primary::{Epoch, StaticPrimary};
+pub use write_gate::WritePermit;
 
 /// The node's source of truth for who the primary is, one per `primary.mode`.
 #[derive(Debug)]
@@ -37,12 +40,15 @@ impl PrimarySource {
         }
     }
 
-    /// Marks a write on its way to this node's app as the primary, for as
-    /// long as the guard lives: a Raft handoff waits for these to finish.
-    pub fn track_write(&self) -> Option<WriteGuard> {
+    /// Asks to pass a write to this node's app as the primary; the caller
+    /// then checks the published state again. `Err` while a Raft handoff is
+    /// under way: no new write may reach the app, and the handoff waits for
+    /// every permit granted before it began. `Ok(None)` in modes without
+    /// handoff.
+    pub fn write_permit(&self) -> Result<Option<WritePermit>, WritesPaused> {
         match self {
-            PrimarySource::Raft(r) => Some(r.track_write()),
-            _ => None,
+            PrimarySource::Raft(r) => r.write_permit().map(Some).ok_or(WritesPaused),
+            _ => Ok(None),
         }
     }
 
@@ -73,6 +79,11 @@ impl PrimarySource {
         }
     }
 }
+
+/// A handoff is moving leadership away from this node: it takes no new
+/// write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WritesPaused;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -180,10 +180,10 @@ impl Proxy {
                 state = self.primary.current();
             }
         }
-        // Counted before the fence is checked; see `to_primary`.
-        let in_flight = self.source.track_write();
+        // The permit before the last look at the state; see `to_primary`.
+        let permit = self.source.write_permit();
         let state = self.primary.current();
-        let outcome = if !self.source.admits(&state, sender_term) {
+        let outcome = if permit.is_err() || !self.source.admits(&state, sender_term) {
             Outcome {
                 class,
                 route: Route::Rejected,
@@ -221,7 +221,7 @@ impl Proxy {
                 }
                 resp
             });
-            drop(in_flight);
+            drop(permit);
             // Deposed just before the write left: the sender may re-route it.
             let result = result.map_err(|e| match e {
                 ProxyError::Fenced => {
@@ -470,10 +470,17 @@ impl Proxy {
                     continue;
                 }
                 (Role::Primary, _) => {
-                    // Counted before the second look, so a handoff that
-                    // starts now either sees this write or this write sees
-                    // the handoff.
-                    let in_flight = self.source.track_write();
+                    // A handoff that begins from here on either counts
+                    // this write in its drain or refuses the permit.
+                    let Ok(in_flight) = self.source.write_permit() else {
+                        if now >= deadline {
+                            return no_primary(Route::Rejected);
+                        }
+                        watch
+                            .changed_before(deadline.min(now + LEASE_RECHECK))
+                            .await;
+                        continue;
+                    };
                     if !watch.current().may_write(Instant::now()) {
                         continue;
                     }
