@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from harness import INTEGRATION, leader_of, litegate_bin, restart, start_raft_cluster, wait_until
+from harness import INTEGRATION, leader_of, litegate_bin, restart, start_raft_cluster, wait_for_port, wait_until
 
 FIXTURES = INTEGRATION / "fixtures"
 
@@ -339,3 +339,68 @@ def test_role_file_hooks_and_exec_if_primary(procs, apps, tmp_path):
     assert promoted[:2] == ["promote", "primary"] and int(promoted[2]) > term and promoted[3] == replica.name
     demoted = (hook_dir(leader) / "events").read_text().splitlines()[-1].split()
     assert demoted[0] == "demote" and demoted[1] in ("replica", "unknown")
+
+
+SLOW_ELECTIONS = 'heartbeat = "100ms"\nelection_timeout = ["1s", "2s"]\n'
+
+
+def start_again(procs, node, label: str) -> None:
+    node.proc = procs.litegate(f"{node.name}-{label}", ["run", "--config", str(node.config_path)], env=node.env)
+    wait_for_port(node.public_port, node.proc)
+
+
+def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_runs(procs, apps):
+    """The old leader's write lease relies on its followers not voting for
+    `election_timeout` max after a heartbeat. Each try: a follower C that
+    was stopped long enough to campaign the moment it wakes; the leader L
+    frozen just after its last quorum acknowledgement; the other follower R
+    killed and started again, so it forgot it had acknowledged L; C woken.
+    If R votes for C at once, C leads a new term and takes writes while L,
+    woken inside its lease, still admits the write queued for it."""
+    nodes = start_raft_cluster(procs, apps, extra=SLOW_ELECTIONS)
+    leader_of(nodes, timeout=20)
+    # One stream per node, so a stopped node holds up only its own.
+    writers = [Writer([n], f"via-{n.name}", pause=0.002) for n in nodes]
+    for w in writers:
+        w.__enter__()
+    try_started_ns = []
+    try:
+        for attempt in range(7):
+            leader = leader_of(nodes, timeout=20)
+            challenger, restarted = [n for n in nodes if n is not leader]
+            time.sleep(0.3)
+            challenger.proc.signal(signal.SIGSTOP)
+            # Past its lease (2 s) and election timeout (up to 2 s): it
+            # campaigns as soon as it runs again.
+            time.sleep(4.3)
+            leader.proc.signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try_started_ns.append(time.monotonic_ns())
+            restarted.proc.signal(signal.SIGKILL)
+            restarted.proc.wait(10)
+            start_again(procs, restarted, f"try{attempt}")
+            challenger.proc.signal(signal.SIGCONT)
+            # Wake the leader well inside its 1 s write lease.
+            time.sleep(max(0.0, 0.7 - (time.monotonic() - stopped_at)))
+            leader.proc.signal(signal.SIGCONT)
+            time.sleep(1.0)
+    finally:
+        for n in nodes:
+            n.proc.signal(signal.SIGCONT)
+        for w in writers:
+            w.__exit__(None, None, None)
+
+    writes = all_writes(apps)
+    assert len(writes) > 100, "the write streams kept landing"
+    interleaved, newest = [], 0
+    for e in writes:
+        term = int(e["term"])
+        if term < newest:
+            interleaved.append(e)
+        newest = max(newest, term)
+    # The apps stamp writes with the same system-wide monotonic clock.
+    tries_hit = sorted({sum(1 for t in try_started_ns if t <= e["at_ns"]) for e in interleaved})
+    assert interleaved == [], (
+        f"in tries {tries_hit} of {len(try_started_ns)}, "
+        f"{len(interleaved)} writes landed under a term older than one already written: "
+        f"{[(e['id'], e['term'], e['node']) for e in interleaved[:10]]}")
