@@ -1,7 +1,7 @@
 //! `primary.mode = "raft"`: the Raft leader is the primary.
 //!
 //! One task follows openraft's metrics and publishes `{role, term, primary,
-//! lease_deadline}` into the [`PrimaryCell`] the request path reads without
+//! lease_deadline}` into the [`PrimaryCell`](super::PrimaryCell) the request path reads without
 //! a lock, through the [`LeadershipPublisher`], the only writer of that
 //! cell. The leader may pass writes to its app only until
 //! `last quorum acknowledgement + election_timeout_min`: followers promise
@@ -243,6 +243,8 @@ impl RaftLeadership {
         let drain_until = Instant::now() + DRAIN_LIMIT;
         while self.publisher.writes_in_flight() > 0 {
             if Instant::now() >= drain_until {
+                // Not a clean handoff: a write still at the app overlaps the
+                // new leader's writes if it outlasts its takeover hold.
                 tracing::warn!(
                     in_flight = self.publisher.writes_in_flight(),
                     "writes still at the app after {}; handing off anyway",
