@@ -222,7 +222,7 @@ def cluster_config(
     def peer(n: dict) -> str:
         if n.get("witness"):
             return f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", witness = true }}'
-        return (f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", '
+        return (f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n.get("reached_at", n["cluster_port"])}", '
                 f'public_url = "http://127.0.0.1:{n["public_port"]}" }}')
 
     peers = ",\n  ".join(peer(n) for n in nodes)
@@ -282,19 +282,24 @@ def start_raft_cluster(
     bootstrap: bool = True,
     node_env=None,
     edit_config=None,
+    reached_at: dict[str, int] | None = None,
 ) -> list[ClusterNode]:
     """One litegate per upstream plus `witnesses` witness nodes (no app),
     all in primary.mode = "raft"; node-1 bootstraps the cluster. Returns
     app nodes first, then witnesses. `node_env(name)` adds environment
     (e.g. LITEGATE_HOOKS_* overrides) per node; `edit_config(name, text)`
     returns the config text a node is started with (e.g. one node that
-    cannot reach another)."""
+    cannot reach another). `reached_at` maps a node name to the port the
+    others reach its cluster listener at (a proxy)."""
     secret_file = write_secret(procs.log_dir)
     specs = [
         {"id": i + 1, "name": f"node-{i + 1}", "upstream": up, "public_port": free_port(),
          "admin_port": free_port(), "cluster_port": free_port()}
         for i, up in enumerate(upstreams)
     ]
+    for spec in specs:
+        if reached_at and spec["name"] in reached_at:
+            spec["reached_at"] = reached_at[spec["name"]]
     for w in range(witnesses):
         specs.append({"id": len(specs) + 1, "name": f"witness-{w + 1}", "witness": True, "upstream": None,
                       "public_port": free_port(), "admin_port": free_port(), "cluster_port": free_port()})

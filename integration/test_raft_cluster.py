@@ -5,6 +5,7 @@ upstream, whose /journal records every write it takes with the
 so the tests can order writes across nodes and check fencing."""
 
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -12,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from harness import INTEGRATION, leader_of, litegate_bin, restart, start_raft_cluster, wait_until
+from harness import INTEGRATION, leader_of, litegate_bin, restart, start_raft_cluster, wait_for_port, wait_until
 
 FIXTURES = INTEGRATION / "fixtures"
 
@@ -339,3 +340,153 @@ def test_role_file_hooks_and_exec_if_primary(procs, apps, tmp_path):
     assert promoted[:2] == ["promote", "primary"] and int(promoted[2]) > term and promoted[3] == replica.name
     demoted = (hook_dir(leader) / "events").read_text().splitlines()[-1].split()
     assert demoted[0] == "demote" and demoted[1] in ("replica", "unknown")
+
+
+SLOW_ELECTIONS = 'heartbeat = "50ms"\nelection_timeout = ["1s", "2s"]\n'
+
+
+class Cutoff:
+    """A TCP relay the other nodes reach one node's cluster listener
+    through, which can cut that node off from their messages while its own
+    requests (and the answers to them) still flow: a one-way partition."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target: int | None = None
+        self.cut = threading.Event()
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut.is_set() or self.target is None:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut_off(self):
+        self.cut.set()
+        with self._lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._open.clear()
+
+    def restore(self):
+        self.cut.clear()
+
+    def close(self):
+        self.listener.close()
+        self.cut_off()
+
+
+def start_again(procs, node, label: str) -> None:
+    node.proc = procs.litegate(f"{node.name}-{label}", ["run", "--config", str(node.config_path)], env=node.env)
+    wait_for_port(node.public_port, node.proc)
+    wait_for_port(node.cluster_port, node.proc)
+
+
+def is_primary(node) -> bool:
+    try:
+        return httpx.get(f"{node.admin}/status", timeout=0.1).json()["role"] == "primary"
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_runs(procs, apps):
+    """The leader's write lease relies on its followers not voting for
+    `election_timeout` max after a heartbeat. Each try: a challenger C cut
+    off from the leader's heartbeats until it campaigns at every tick; the
+    leader L frozen just after its last quorum acknowledgement; the other
+    follower R killed and started again, so it forgot it acknowledged L.
+    If R votes for C at once, C leads a new term and takes writes while L,
+    woken inside its lease, still admits the writes queued for it."""
+    cutoff = Cutoff()
+    nodes = start_raft_cluster(procs, apps, extra=SLOW_ELECTIONS, reached_at={"node-3": cutoff.port})
+    challenger = nodes[2]
+    cutoff.target = challenger.cluster_port
+    leader_of(nodes, timeout=20)
+    # Streams per node, so a stopped node holds up only its own, and
+    # several writes are queued at the frozen leader.
+    writers = [Writer([n], f"via-{n.name}-{k}", pause=0.002) for n in nodes for k in range(3)]
+    for w in writers:
+        w.__enter__()
+    try_started_ns = []
+    try:
+        for attempt in range(6):
+            leader = leader_of(nodes, timeout=20)
+            if leader is challenger:
+                r = httpx.post(f"{leader.admin}/handoff", params={"to": nodes[0].name}, timeout=30)
+                assert r.status_code == 200, r.text
+                leader = leader_of(nodes, timeout=20)
+            restarted = next(n for n in nodes if n is not leader and n is not challenger)
+            time.sleep(0.3)
+            cutoff.cut_off()
+            # Past its lease (2 s) and election timeout (up to 2 s).
+            time.sleep(4.3)
+            leader.proc.signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try_started_ns.append(time.monotonic_ns())
+            restarted.proc.signal(signal.SIGKILL)
+            restarted.proc.wait(10)
+            start_again(procs, restarted, f"try{attempt}")
+            # Wake the leader inside its 1 s write lease: as soon as the
+            # challenger took over, if it can.
+            while time.monotonic() - stopped_at < 0.85 and not is_primary(challenger):
+                time.sleep(0.01)
+            leader.proc.signal(signal.SIGCONT)
+            cutoff.restore()
+            time.sleep(1.0)
+    finally:
+        cutoff.close()
+        for n in nodes:
+            n.proc.signal(signal.SIGCONT)
+        for w in writers:
+            w.__exit__(None, None, None)
+
+    writes = all_writes(apps)
+    assert len(writes) > 100, "the write streams kept landing"
+    interleaved, newest = [], 0
+    for e in writes:
+        term = int(e["term"])
+        if term < newest:
+            interleaved.append(e)
+        newest = max(newest, term)
+    # The apps stamp writes with the same system-wide monotonic clock.
+    tries_hit = sorted({sum(1 for t in try_started_ns if t <= e["at_ns"]) for e in interleaved})
+    assert interleaved == [], (
+        f"in tries {tries_hit} of {len(try_started_ns)}, "
+        f"{len(interleaved)} writes landed under a term older than one already written: "
+        f"{[(e['id'], e['term'], e['node']) for e in interleaved[:10]]}")

@@ -127,7 +127,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
                 .map(|p| p.client.clone())
                 .ok_or_else(|| "raft mode needs the cluster listener".to_owned())?;
             let node = Arc::new(raft::start(&config, client, options.bootstrap).await?);
-            let leadership = RaftLeadership::new(node.raft.clone(), &config);
+            let leadership = RaftLeadership::new(node.raft.clone(), &config, node.quiet);
             leadership.spawn(stop.clone());
             raft_node = Some(node);
             PrimarySource::Raft(leadership)

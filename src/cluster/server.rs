@@ -54,7 +54,7 @@ impl Handler for ClusterService {
                 match &self.raft {
                     Some(node) => {
                         let endpoint = endpoint.to_owned();
-                        raft::rpc::handle(&node.raft, &node.identity, &endpoint, req).await
+                        raft::rpc::handle(node, &endpoint, req).await
                     }
                     None => body::text_response(
                         StatusCode::NOT_FOUND,

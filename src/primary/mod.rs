@@ -5,8 +5,10 @@
 mod dev;
 mod litefs_lease;
 pub mod raft;
+mod raft_publisher;
 mod static_primary;
 pub mod static_promote;
+mod write_gate;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,8 +18,9 @@ use tokio::sync::watch;
 
 pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
-pub use raft::{RaftLeadership, WriteGuard};
+pub use raft::RaftLeadership;
 pub use static_primary::{Epoch, EpochState, PromoteError, StaticPrimary, Vote};
+use write_gate::GatePass;
 
 /// The node's source of truth for who the primary is, one per `primary.mode`.
 #[derive(Debug)]
@@ -38,21 +41,17 @@ impl PrimarySource {
         }
     }
 
-    /// Marks a write on its way to this node's app as the primary, for as
-    /// long as the guard lives: a Raft handoff waits for these to finish.
-    pub fn track_write(&self) -> Option<WriteGuard> {
-        match self {
-            PrimarySource::Raft(r) => Some(r.track_write()),
-            _ => None,
-        }
-    }
-
     /// The right to pass one write to this node's app, if this node may
-    /// write now. Counted as in flight before the look, so a Raft handoff
-    /// that starts now either sees this write or this write sees the
-    /// handoff (a Dekker-style handshake with the handoff's flag).
+    /// write now. In raft mode the handoff's gate is entered first and the
+    /// published state looked at after: a handoff closes the gate and
+    /// publishes "not primary" under one lock, so a write either is counted
+    /// in the handoff's drain or sees the handoff.
     pub fn write_permit(&self, watch: &PrimaryWatch) -> Option<WritePermit> {
-        watch.permit(self.track_write())
+        let in_flight = match self {
+            PrimarySource::Raft(r) => Some(r.write_permit()?),
+            _ => None,
+        };
+        watch.permit(in_flight)
     }
 
     /// Whether a write forwarded under `sender_term` may reach this node's
@@ -91,7 +90,7 @@ impl PrimarySource {
 pub struct WritePermit {
     term: u64,
     cell: Arc<PrimaryCell>,
-    _in_flight: Option<WriteGuard>,
+    _in_flight: Option<GatePass>,
 }
 
 impl WritePermit {
@@ -217,7 +216,7 @@ impl PrimaryWatch {
 
     /// A write permit if this node may write now; `in_flight` (counted by
     /// the caller before this look) lives as long as the permit.
-    pub fn permit(&self, in_flight: Option<WriteGuard>) -> Option<WritePermit> {
+    pub fn permit(&self, in_flight: Option<GatePass>) -> Option<WritePermit> {
         let state = self.current();
         state.may_write(Instant::now()).then(|| WritePermit {
             term: state.term,

@@ -1,12 +1,34 @@
 //! `primary.mode = "raft"`: the Raft leader is the primary.
 //!
 //! One task follows openraft's metrics and publishes `{role, term, primary,
-//! lease_deadline}` into the [`PrimaryCell`] the request path reads without
-//! a lock. The leader may pass writes to its app only until
+//! lease_deadline}` into the [`PrimaryCell`](super::PrimaryCell) the request path reads without
+//! a lock, through the [`LeadershipPublisher`], the only writer of that
+//! cell. The leader may pass writes to its app only until
 //! `last quorum acknowledgement + election_timeout_min`: followers promise
 //! not to elect anyone for `election_timeout_max` after a heartbeat they
 //! acknowledged, so the difference covers clock drift and the moment
 //! between the check and the write reaching the app.
+//!
+//! Followers do not always keep that promise, and two exceptions are
+//! openraft's, not ours:
+//!
+//! - A leadership transfer. The leader broadcasts `TransferLeader`; every
+//!   follower whose vote is still that leader's drops its lease on
+//!   receipt, and the target campaigns with a vote request marked
+//!   `leadership_transfer`, which every voter grants however fresh its
+//!   lease (openraft `handle_vote_req`). Our handoff sends it only after it
+//!   stopped admitting writes and drained them, but the message can be
+//!   acted on late: a target paused (SIGSTOP, VM migration) with it unread
+//!   in a socket, woken after the handoff gave up and this leader went back
+//!   to writing, still holds the same vote and campaigns at once.
+//! - A restart: openraft loads the stored vote with no lease. Start-up
+//!   quiet ([`StartupQuiet`]) closes that one.
+//!
+//! So a newly elected leader takes no write for `election_timeout` max
+//! after it first sees itself elected (the takeover hold). Whoever led
+//! before acknowledged its last quorum before a member of that quorum voted
+//! for us, that is, before our election; its lease, `election_timeout` min
+//! from then, has run out by the end of the hold.
 //!
 //! Handoff ([`RaftLeadership::handoff`]) stops taking writes here, lets the
 //! writes already at the app finish, and transfers leadership to the most
@@ -14,7 +36,7 @@
 //! witness never routes writes: if it is elected it hands off at once.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +44,10 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use serde_json::json;
 
-use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role};
+use super::raft_publisher::{age, LeadershipPublisher, Member};
+use super::write_gate::GatePass;
+use super::PrimaryWatch;
+use crate::cluster::raft::quiet::StartupQuiet;
 use crate::cluster::raft::{LitegateRaft, TypeConfig};
 use crate::config::Config;
 use crate::metrics;
@@ -32,23 +57,13 @@ use crate::shutdown::Shutdown;
 /// moves leadership anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
-struct Member {
-    name: Arc<str>,
-    witness: bool,
-}
-
 pub struct RaftLeadership {
     raft: LitegateRaft,
-    cell: Arc<PrimaryCell>,
+    publisher: LeadershipPublisher,
     me: u64,
     witness: bool,
-    members: BTreeMap<u64, Member>,
-    write_lease: Duration,
     election_timeout_max: Duration,
-    handing_off: AtomicBool,
-    /// Writes this node's app is serving as the primary.
-    writes_in_flight: AtomicUsize,
+    quiet: StartupQuiet,
     /// The term a witness last handed off in, so it asks once per term.
     witness_handoff_term: AtomicU64,
 }
@@ -57,18 +72,8 @@ impl std::fmt::Debug for RaftLeadership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftLeadership")
             .field("me", &self.me)
-            .field("state", &self.cell.current())
+            .field("publisher", &self.publisher)
             .finish_non_exhaustive()
-    }
-}
-
-/// Counts a write at the app while it is held; see [`RaftLeadership::handoff`].
-#[derive(Debug)]
-pub struct WriteGuard(Arc<RaftLeadership>);
-
-impl Drop for WriteGuard {
-    fn drop(&mut self) {
-        self.0.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -89,8 +94,8 @@ pub enum HandoffError {
 }
 
 impl RaftLeadership {
-    pub fn new(raft: LitegateRaft, config: &Config) -> Arc<Self> {
-        let members = config
+    pub fn new(raft: LitegateRaft, config: &Config, quiet: StartupQuiet) -> Arc<Self> {
+        let members: BTreeMap<u64, Member> = config
             .cluster
             .peers
             .iter()
@@ -105,23 +110,27 @@ impl RaftLeadership {
             })
             .collect();
         let [lo, hi] = config.cluster.election_timeout;
+        let me = config.node.id.unwrap_or_default();
         metrics::set_is_primary(false);
         Arc::new(Self {
             raft,
-            cell: PrimaryCell::new(PrimaryState::unknown()),
-            me: config.node.id.unwrap_or_default(),
+            publisher: LeadershipPublisher::new(
+                me,
+                config.node.witness,
+                members,
+                lo.get(),
+                hi.get(),
+            ),
+            me,
             witness: config.node.witness,
-            members,
-            write_lease: lo.get(),
             election_timeout_max: hi.get(),
-            handing_off: AtomicBool::new(false),
-            writes_in_flight: AtomicUsize::new(0),
+            quiet,
             witness_handoff_term: AtomicU64::new(0),
         })
     }
 
     pub fn watch(&self) -> PrimaryWatch {
-        self.cell.watch()
+        self.publisher.cell().watch()
     }
 
     pub fn raft(&self) -> &LitegateRaft {
@@ -132,74 +141,13 @@ impl RaftLeadership {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    pub fn track_write(self: &Arc<Self>) -> WriteGuard {
-        // SeqCst pairs with the handoff's flag and count (a Dekker-style
-        // handshake): either the handoff sees this write, or this write,
-        // looking again after counting itself, sees the handoff.
-        self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
-        WriteGuard(Arc::clone(self))
-    }
-
-    fn state_from(&self, m: &RaftMetrics<TypeConfig>) -> PrimaryState {
-        let unknown = PrimaryState {
-            term: m.current_term,
-            ..PrimaryState::unknown()
-        };
-        if self.handing_off.load(Ordering::SeqCst) {
-            return unknown;
-        }
-        match m.current_leader {
-            Some(id) if id == self.me && m.state == ServerState::Leader => {
-                if self.witness {
-                    return unknown;
-                }
-                let voters = m.membership_config.membership().voter_ids().count();
-                // A lone voter has nobody who could elect another leader.
-                let lease_deadline = (voters > 1).then(|| {
-                    let now = Instant::now();
-                    m.last_quorum_acked.as_ref().map_or(now, |acked| {
-                        now.checked_sub(age(**acked)).unwrap_or(now) + self.write_lease
-                    })
-                });
-                PrimaryState {
-                    role: Role::Primary,
-                    term: m.current_term,
-                    primary: self.members.get(&id).map(|p| Arc::clone(&p.name)),
-                    lease_deadline,
-                }
-            }
-            Some(id) if id != self.me => match self.members.get(&id) {
-                Some(p) if !p.witness => PrimaryState {
-                    role: Role::Replica,
-                    term: m.current_term,
-                    primary: Some(Arc::clone(&p.name)),
-                    lease_deadline: None,
-                },
-                // Leadership is on its way from a witness to an app node.
-                _ => unknown,
-            },
-            _ => unknown,
-        }
-    }
-
-    fn publish(&self, m: &RaftMetrics<TypeConfig>) {
-        let state = self.state_from(m);
-        let (role, term, primary) = (state.role, state.term, state.primary.clone());
-        if self.cell.publish(state) {
-            tracing::info!(
-                role = role.as_str(),
-                term,
-                primary = primary.as_deref().unwrap_or("-"),
-                "leadership changed"
-            );
-            metrics::set_is_primary(role == Role::Primary);
-            metrics::count_primary_change();
-        }
-        metrics::set_raft_term(term);
+    /// See [`super::PrimarySource::write_permit`].
+    pub fn write_permit(&self) -> Option<GatePass> {
+        self.publisher.write_permit()
     }
 
     /// Follows openraft's metrics until shutdown: publishes leadership,
-    /// and on a witness decides when it may campaign and hands off any
+    /// decides when this node may campaign, and on a witness hands off any
     /// leadership it wins.
     pub fn spawn(self: &Arc<Self>, mut stop: Shutdown) {
         let this = Arc::clone(self);
@@ -207,21 +155,34 @@ impl RaftLeadership {
             let mut metrics = this.raft.metrics();
             let mut witness_tick = tokio::time::interval(this.election_timeout_max / 2);
             loop {
+                let refresh_at = this.publisher.refresh(|| metrics.borrow_watched().clone());
                 let m = metrics.borrow_watched().clone();
-                this.publish(&m);
-                if this.witness {
-                    this.witness_duties(&m).await;
-                }
+                let witness_may_campaign = if this.witness {
+                    this.witness_duties(&m).await
+                } else {
+                    true
+                };
+                let quiet = this.quiet.holds(Instant::now());
+                this.raft
+                    .runtime_config()
+                    .elect(!quiet && witness_may_campaign);
+                let quiet_ends = tokio::time::sleep_until(this.quiet.ends().into());
+                let hold_ends =
+                    tokio::time::sleep_until(refresh_at.unwrap_or_else(Instant::now).into());
                 tokio::select! {
                     changed = metrics.changed() => if changed.is_err() { break },
                     _ = witness_tick.tick(), if this.witness => {}
+                    () = quiet_ends, if quiet => {}
+                    () = hold_ends, if refresh_at.is_some() => {}
                     () = stop.begun() => break,
                 }
             }
         });
     }
 
-    async fn witness_duties(self: &Arc<Self>, m: &RaftMetrics<TypeConfig>) {
+    /// Hands off a leadership this witness won; otherwise says whether it
+    /// may campaign.
+    async fn witness_duties(self: &Arc<Self>, m: &RaftMetrics<TypeConfig>) -> bool {
         if m.state == ServerState::Leader
             && self
                 .witness_handoff_term
@@ -240,7 +201,7 @@ impl RaftLeadership {
                     this.witness_handoff_term.store(0, Ordering::Release);
                 }
             });
-            return;
+            return false;
         }
         // Campaign only after the app nodes had two full election timeouts
         // to elect one of themselves.
@@ -250,9 +211,8 @@ impl RaftLeadership {
             .await
             .ok()
             .flatten();
-        let may_campaign = m.state != ServerState::Leader
-            && silent_for.is_none_or(|d| d > self.election_timeout_max * 2);
-        self.raft.runtime_config().elect(may_campaign);
+        m.state != ServerState::Leader
+            && silent_for.is_none_or(|d| d > self.election_timeout_max * 2)
     }
 
     /// Moves leadership to `to` (a node name) or the most up-to-date app
@@ -263,27 +223,30 @@ impl RaftLeadership {
         if m.state != ServerState::Leader {
             return Err(HandoffError::NotLeader(
                 m.current_leader
-                    .and_then(|id| self.members.get(&id))
+                    .and_then(|id| self.publisher.member(id))
                     .map(|p| p.name.to_string()),
             ));
         }
         let (target, name) = self.handoff_target(&m, to)?;
-        if self.handing_off.swap(true, Ordering::SeqCst) {
+        if !self.publisher.begin_handoff(|| self.metrics()) {
             return Err(HandoffError::InProgress);
         }
-        self.publish(&self.metrics());
         let result = self.transfer(target, &name, m.current_term).await;
-        self.handing_off.store(false, Ordering::Release);
-        self.publish(&self.metrics());
+        // Back to what the metrics say: a follower now or, if the transfer
+        // failed, still the leader, whose lease counts from its last quorum
+        // acknowledgement; no quorum that voted for a newer term renews it.
+        self.publisher.end_handoff(|| self.metrics());
         result.map(|()| name)
     }
 
     async fn transfer(&self, target: u64, name: &str, term: u64) -> Result<(), HandoffError> {
         let drain_until = Instant::now() + DRAIN_LIMIT;
-        while self.writes_in_flight.load(Ordering::SeqCst) > 0 {
+        while self.publisher.writes_in_flight() > 0 {
             if Instant::now() >= drain_until {
+                // Not a clean handoff: a write still at the app overlaps the
+                // new leader's writes if it outlasts its takeover hold.
                 tracing::warn!(
-                    in_flight = self.writes_in_flight.load(Ordering::Acquire),
+                    in_flight = self.publisher.writes_in_flight(),
                     "writes still at the app after {}; handing off anyway",
                     humantime::format_duration(DRAIN_LIMIT)
                 );
@@ -332,11 +295,11 @@ impl RaftLeadership {
         let app_nodes = voters
             .iter()
             .copied()
-            .filter(|id| *id != self.me && self.members.get(id).is_some_and(|p| !p.witness));
+            .filter(|id| *id != self.me && self.publisher.member(*id).is_some_and(|p| !p.witness));
         if let Some(name) = to {
             return app_nodes
                 .into_iter()
-                .find(|id| self.members.get(id).is_some_and(|p| &*p.name == name))
+                .find(|id| self.publisher.member(*id).is_some_and(|p| &*p.name == name))
                 .map(|id| (id, name.to_owned()))
                 .ok_or_else(|| HandoffError::NoSuchTarget(name.to_owned()));
         }
@@ -347,25 +310,26 @@ impl RaftLeadership {
             // Most up-to-date first; among equals the lowest id, so the
             // choice is predictable.
             .max_by_key(|id| (matched_index(m, *id), std::cmp::Reverse(*id)))
-            .and_then(|id| self.members.get(&id).map(|p| (id, p.name.to_string())))
+            .and_then(|id| self.publisher.member(id).map(|p| (id, p.name.to_string())))
             .ok_or(HandoffError::NoTarget)
     }
 
     /// The Raft part of `/status`.
     pub fn status(&self) -> serde_json::Value {
         let m = self.metrics();
-        let name = |id: &u64| self.members.get(id).map(|p| p.name.to_string());
+        let now = Instant::now();
+        let name = |id: &u64| self.publisher.member(*id).map(|p| p.name.to_string());
         let peers: Vec<_> = self
-            .members
-            .iter()
+            .publisher
+            .members()
             .map(|(id, p)| {
-                let matched = matched_index(&m, *id);
-                let acked_ms_ago = ack_age(&m, *id).map(|a| a.as_millis() as u64);
+                let matched = matched_index(&m, id);
+                let acked_ms_ago = ack_age(&m, id).map(|a| a.as_millis() as u64);
                 json!({
                     "id": id,
                     "name": p.name.as_ref(),
                     "witness": p.witness,
-                    "leader": m.current_leader == Some(*id),
+                    "leader": m.current_leader == Some(id),
                     "matched_index": matched,
                     "last_ack_ms_ago": acked_ms_ago,
                 })
@@ -381,7 +345,9 @@ impl RaftLeadership {
             "committed_index": m.cluster_committed.map(|l| l.index),
             "applied_index": m.last_applied.map(|l| l.index),
             "quorum_ack_ms_ago": self.quorum_ack_age(&m).map(|d| d.as_millis() as u64),
-            "handing_off": self.handing_off.load(Ordering::Acquire),
+            "handing_off": self.publisher.handing_off(),
+            "takeover_hold_ms_left": ms_left(self.publisher.hold_ends(now), now),
+            "startup_quiet_ms_left": ms_left(Some(self.quiet.ends()).filter(|end| *end > now), now),
             "peers": peers,
         })
     }
@@ -401,9 +367,10 @@ impl RaftLeadership {
     }
 }
 
-/// How long ago an instant of openraft's clock was.
-fn age<I: openraft::Instant>(at: I) -> Duration {
-    I::now() - at
+fn ms_left(until: Option<Instant>, now: Instant) -> Option<u64> {
+    until.map(|end| {
+        u64::try_from(end.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// Leader only: how far `id`'s log is known to match ours.

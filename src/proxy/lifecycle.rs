@@ -149,6 +149,11 @@ impl Proxy {
                         Err(err) => return Outcome::rejected(class, err),
                     };
                     let Some(permit) = self.source.write_permit(&watch) else {
+                        // The state moved, or a handoff closed the gate and
+                        // is about to publish that it did.
+                        watch
+                            .changed_before(deadline.min(Instant::now() + LEASE_RECHECK))
+                            .await;
                         continue;
                     };
                     tries += 1;

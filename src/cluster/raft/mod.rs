@@ -4,12 +4,14 @@
 //!   any reply depends on them; the data dir's identity.
 //! - [`network`]: RPCs to peers over the cluster listener.
 //! - [`rpc`]: the receiving end of those RPCs.
+//! - [`quiet`]: no votes and no campaign right after a start.
 //!
 //! The Raft leader is the primary and its term is the fencing token: the
 //! standard leader id allows one leader per term. How leadership becomes
 //! routing lives in [`crate::primary::raft`].
 
 pub mod network;
+pub mod quiet;
 pub mod rpc;
 pub mod store;
 
@@ -51,6 +53,7 @@ pub type LitegateRaft = openraft::Raft<TypeConfig, store::StateMachine>;
 pub struct RaftNode {
     pub raft: LitegateRaft,
     pub identity: Arc<store::IdentityFile>,
+    pub quiet: quiet::StartupQuiet,
 }
 
 /// Opens the data dir, starts openraft, and — with `bootstrap` on a node
@@ -60,6 +63,8 @@ pub async fn start(
     client: PeerClient,
     bootstrap: bool,
 ) -> Result<RaftNode, String> {
+    // Before anything of this run could acknowledge a leader.
+    let started = std::time::Instant::now();
     let me = config
         .node
         .id
@@ -95,11 +100,11 @@ pub async fn start(
     let raft = LitegateRaft::new(me, Arc::new(raft_config), network, log, state_machine)
         .await
         .map_err(|e| format!("Raft did not start: {e}"))?;
-    if config.node.witness {
-        // A witness campaigns only when the app nodes cannot elect one of
-        // themselves (see primary::raft).
-        raft.runtime_config().elect(false);
-    }
+    // No campaign during the start-up quiet period; after it, the
+    // leadership task decides (a witness campaigns only when the app nodes
+    // cannot elect one of themselves, see primary::raft).
+    raft.runtime_config().elect(false);
+    let quiet = quiet::StartupQuiet::new(started, hi.get());
 
     let initialized = raft
         .is_initialized()
@@ -125,7 +130,11 @@ pub async fn start(
             "this node has not joined a cluster yet: it waits for the others. To create a new cluster, start one node with --bootstrap"
         ),
     }
-    Ok(RaftNode { raft, identity })
+    Ok(RaftNode {
+        raft,
+        identity,
+        quiet,
+    })
 }
 
 fn millis(d: std::time::Duration) -> u64 {

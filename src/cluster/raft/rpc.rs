@@ -1,7 +1,9 @@
 //! The receiving side of Raft's RPCs: `POST /_litegate/raft/{append, vote,
 //! pre-vote, snapshot, transfer-leader}` on the cluster listener, already
 //! authenticated by [`ClusterService`](crate::cluster::server::ClusterService).
-//! A message from another cluster is refused before openraft sees it.
+//! A message from another cluster is refused before openraft sees it, and
+//! so is any part in an election during the start-up quiet period
+//! ([`super::quiet`]).
 
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -10,8 +12,7 @@ use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{LitegateRaft, TypeConfig};
-use crate::cluster::raft::store::IdentityFile;
+use super::{RaftNode, TypeConfig};
 use crate::proxy::body::{self, ProxyBody};
 
 /// The sender's cluster id on every Raft message.
@@ -29,11 +30,11 @@ pub struct FullSnapshot {
 }
 
 pub async fn handle(
-    raft: &LitegateRaft,
-    identity: &IdentityFile,
+    node: &RaftNode,
     endpoint: &str,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let (raft, identity) = (&node.raft, &node.identity);
     let sender_cluster = req
         .headers()
         .get(&CLUSTER_ID_HEADER)
@@ -42,6 +43,10 @@ pub async fn handle(
     if let Err(reason) = identity.admit(sender_cluster.as_deref()) {
         tracing::warn!(%reason, "refused a Raft message from another cluster");
         return body::text_response(StatusCode::CONFLICT, format!("{reason}\n"));
+    }
+    if let Some(reason) = node.quiet.refusal(endpoint, std::time::Instant::now()) {
+        // The sender counts this as a failed RPC: no vote, no transfer.
+        return body::text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     }
     let bytes = match Limited::new(req.into_body(), MAX_RPC_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
