@@ -4,6 +4,7 @@
 
 mod dev;
 mod litefs_lease;
+mod permit;
 pub mod raft;
 mod raft_publisher;
 mod static_primary;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
+pub use permit::WritePermit;
 pub use raft::RaftLeadership;
 pub use static_primary::{Epoch, EpochState, PromoteError, StaticPrimary, Vote};
 use write_gate::GatePass;
@@ -79,28 +81,6 @@ impl PrimarySource {
                 primary: primary.to_owned(),
             });
         }
-    }
-}
-
-/// The right to pass one write to this node's app: taken when the write is
-/// admitted, and asked again by the fence (`proxy/fence.rs`) before every
-/// socket write of that request. It holds while this node is still the
-/// primary at the term it was taken in, inside its lease.
-#[derive(Debug)]
-pub struct WritePermit {
-    term: u64,
-    cell: Arc<PrimaryCell>,
-    _in_flight: Option<GatePass>,
-}
-
-impl WritePermit {
-    pub fn term(&self) -> u64 {
-        self.term
-    }
-
-    pub fn holds(&self, now: Instant) -> bool {
-        let state = self.cell.current();
-        state.term == self.term && state.may_write(now)
     }
 }
 
@@ -218,11 +198,9 @@ impl PrimaryWatch {
     /// the caller before this look) lives as long as the permit.
     pub fn permit(&self, in_flight: Option<GatePass>) -> Option<WritePermit> {
         let state = self.current();
-        state.may_write(Instant::now()).then(|| WritePermit {
-            term: state.term,
-            cell: Arc::clone(&self.cell),
-            _in_flight: in_flight,
-        })
+        state
+            .may_write(Instant::now())
+            .then(|| WritePermit::new(state.term, Arc::clone(&self.cell), in_flight))
     }
 
     /// Forgets changes published so far: the next wait is for a new one.
