@@ -163,9 +163,18 @@ mod tests {
     use crate::proxy::body;
     use crate::proxy::errors::Next;
 
-    /// A loopback "app" that answers every request head with 200 and counts
-    /// the bytes it received.
-    async fn counting_app() -> (Uri, Arc<AtomicUsize>) {
+    /// When a loopback "app" answers what it reads.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// 200 after every read: each request, head and body, is small.
+        EveryRead,
+        /// 200 once, after the first read (the head), before the body.
+        Early,
+    }
+
+    /// A loopback "app" that answers as `answer` says and counts the bytes
+    /// it received.
+    async fn counting_app(answer: Answer) -> (Uri, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
@@ -176,12 +185,17 @@ mod tests {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut answered = false;
                     while let Ok(n) = stream.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }
                         counter.fetch_add(n, Ordering::SeqCst);
+                        if matches!(answer, Answer::Early) && answered {
+                            continue;
+                        }
+                        answered = true;
                         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
                         if stream.write_all(ok).await.is_err() {
                             break;
@@ -217,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deposed_node_sends_no_byte_of_a_write() {
-        let (uri, received) = counting_app().await;
+        let (uri, received) = counting_app(Answer::EveryRead).await;
         let cell = PrimaryCell::new(state(Role::Primary));
         let client = UpstreamClient::new(&UpstreamConfig::default(), &uri);
 
@@ -275,47 +289,13 @@ mod tests {
         })
     }
 
-    /// An app that answers as soon as it has the request head, before
-    /// reading the body, then reads (and counts) whatever body comes.
-    async fn early_answering_app() -> (Uri, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let received = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&received);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let counter = Arc::clone(&counter);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut answered = false;
-                    while let Ok(n) = stream.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        counter.fetch_add(n, Ordering::SeqCst);
-                        if !answered {
-                            answered = true;
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(ok).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (uri, received)
-    }
-
     /// Issue 10 item 4: an app that answers before it has read the body
     /// used to make the fence think the next body chunk started a new
     /// request, so a write fenced mid-body was reported as "nothing sent"
     /// and re-routed: applied twice. The attempt now records what it wrote.
     #[tokio::test]
     async fn a_write_fenced_mid_body_after_an_early_answer_counts_as_sent() {
-        let (uri, received) = early_answering_app().await;
+        let (uri, received) = counting_app(Answer::Early).await;
         let cell = PrimaryCell::new(state(Role::Primary));
         let client = UpstreamClient::new(&UpstreamConfig::default(), &uri);
         let (mut tx, streamed) =

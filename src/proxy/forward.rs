@@ -347,6 +347,15 @@ mod tests {
         (addr, task)
     }
 
+    fn replica_following(primary: &str, term: u64) -> Arc<PrimaryCell> {
+        PrimaryCell::new(PrimaryState {
+            role: Role::Replica,
+            term,
+            primary: Some(primary.into()),
+            lease_deadline: None,
+        })
+    }
+
     fn client() -> PeerClient {
         PeerClient::new(None, None, Duration::from_secs(1), Duration::from_secs(5)).unwrap()
     }
@@ -365,12 +374,7 @@ mod tests {
     async fn forward(behaviour: Receiver) -> (Result<Response<Incoming>, ProxyError>, Seen) {
         let (addr, receiver) = fake_receiver(behaviour).await;
         let client = client();
-        let cell = PrimaryCell::new(PrimaryState {
-            role: Role::Replica,
-            term: 1,
-            primary: Some("b".into()),
-            lease_deadline: None,
-        });
+        let cell = replica_following("b", 1);
         let mut watch = cell.watch();
         let deadline = Instant::now() + Duration::from_secs(5);
         let result = send(&client, write(&client, &addr), &mut watch, deadline, |_| {
@@ -429,23 +433,13 @@ mod tests {
             drain(&mut stream, Duration::from_secs(3)).await
         });
         let client = client();
-        let cell = PrimaryCell::new(PrimaryState {
-            role: Role::Replica,
-            term: 1,
-            primary: Some("b".into()),
-            lease_deadline: None,
-        });
+        let cell = replica_following("b", 1);
         let mut watch = cell.watch();
         let deadline = Instant::now() + Duration::from_secs(30);
         let publisher = Arc::clone(&cell);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            publisher.publish(PrimaryState {
-                role: Role::Replica,
-                term: 2,
-                primary: Some("c".into()),
-                lease_deadline: None,
-            });
+            publisher.publish(replica_following("c", 2).current().as_ref().clone());
         });
         let still_b = |s: &PrimaryState| s.primary.as_deref() == Some("b");
         let err = send(
