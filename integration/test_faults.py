@@ -30,7 +30,9 @@ real MACs. (This kernel has no netfilter or tc qdiscs/classifiers, so
 iptables/nft/netem are not options; the neighbour table needs nothing but
 iproute2.) The test reaches each node's public, admin and app ports
 through relays on root-namespace loopback that connect into the node's
-namespace, so clients are never partitioned from the node they talk to.
+namespace, so clients are never partitioned from the node they talk to;
+while a node's litegate is down, its public relay answers `599` (what a
+refused connection tells a direct client: nothing was sent).
 
 Without network namespaces (not root, no `ip`, or
 `LITEGATE_FAULT_NET=relay`), every node runs on loopback and the others
@@ -59,7 +61,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
@@ -71,6 +72,11 @@ WRITERS = 6
 CLIENT_TIMEOUT = 25.0  # above the longest litegate answer: upstream.timeout (3 s) + 5 s, or primary_wait
 CONFIG_EXTRA = '[routing]\nprimary_wait = "3s"\n'
 CLONE_NEWNET = 0x40000000
+# The test relay's answer to a client while the node's litegate is down: the
+# write reached no litegate, so no app can have it.
+NODE_DOWN_STATUS = 599
+NODE_DOWN = (f"HTTP/1.1 {NODE_DOWN_STATUS} Node Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+             .encode())
 
 
 # --- Reaching into network namespaces ----------------------------------------
@@ -126,9 +132,13 @@ class Relay:
     127.0.0.1:target in `netns` (or here). `cut()` breaks every relayed
     connection and refuses new ones until `restore()`; `close()` ends it."""
 
-    def __init__(self, netns: str | None, target: int):
+    def __init__(self, netns: str | None, target: int, when_down: bytes | None = None):
         self.netns = netns
         self.target = target
+        # What a client that connected while nothing listened behind the
+        # relay gets instead of a closed connection (a direct client would
+        # have been refused).
+        self.when_down = when_down
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -152,7 +162,10 @@ class Relay:
                 outbound = connect_in_netns(self.netns, self.target)
                 outbound.settimeout(None)
             except OSError:
-                inbound.close()
+                if self.when_down is None:
+                    inbound.close()
+                else:
+                    threading.Thread(target=self._answer_down, args=(inbound,), daemon=True).start()
                 continue
             with self._lock:
                 if self._cut or self._closed:
@@ -162,6 +175,18 @@ class Relay:
                 self._open += [inbound, outbound]
             for a, b in ((inbound, outbound), (outbound, inbound)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _answer_down(self, inbound: socket.socket) -> None:
+        # Answer, then read until the client closes, so no unread request
+        # byte turns the close into a reset that loses the answer.
+        try:
+            inbound.settimeout(5)
+            inbound.sendall(self.when_down)
+            while inbound.recv(65536):
+                pass
+        except OSError:
+            pass
+        inbound.close()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -246,6 +271,13 @@ class NetnsNet:
         # (i, j) -> (device in i's namespace, its MAC)
         self.ends: dict[tuple[int, int], tuple[str, str]] = {}
         self.cut_pairs: set[frozenset] = set()
+        try:
+            self._build(n)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, n: int) -> None:
         for i, ns in enumerate(self.names):
             ip("netns", "add", ns)
             self.created.append(ns)
@@ -372,8 +404,8 @@ class FaultNode:
         self.restarts = 0
         self.relays: list[Relay] = []
 
-    def relay(self, port: int) -> str:
-        r = Relay(self.netns, port)
+    def relay(self, port: int, when_down: bytes | None = None) -> str:
+        r = Relay(self.netns, port, when_down)
         self.relays.append(r)
         return f"http://127.0.0.1:{r.port}"
 
@@ -409,7 +441,7 @@ class Cluster:
                  node.app_name])
         for node in self.nodes:
             wait_for_port_in(node.netns, node.ports["app"], node.app_proc)
-            node.url = node.relay(node.ports["public"])
+            node.url = node.relay(node.ports["public"], NODE_DOWN)
             node.admin = node.relay(node.ports["admin"])
             node.app_url = node.relay(node.ports["app"])
         for node in self.nodes:
@@ -524,6 +556,22 @@ class Writers:
 # --- Faults ------------------------------------------------------------------
 
 
+class Draw:
+    """The random choices of one fault."""
+
+    def __init__(self, rng: random.Random, partitions: list[str]):
+        self.kind = rng.choice(["kill", "pause", "handoff", "partition"])
+        self.leader_coin = rng.random()
+        self.pick = rng.randrange(1 << 16)
+        self.other = rng.randrange(1 << 16)
+        self.named_handoff = rng.random() < 0.5
+        self.down_seconds = rng.uniform(0.2, 1.5)
+        self.pause_seconds = rng.uniform(0.2, 3.0)
+        self.partition_seconds = rng.uniform(0.5, 3.0)
+        self.partition = partitions[rng.randrange(len(partitions))]
+        self.gap_seconds = rng.uniform(0.1, 1.0)
+
+
 class Nemesis:
     def __init__(self, cluster: Cluster, rng: random.Random):
         self.cluster = cluster
@@ -534,32 +582,34 @@ class Nemesis:
     def note(self, what: str) -> None:
         self.log.append((time.monotonic_ns(), what))
 
-    def target(self) -> tuple[FaultNode, str]:
-        """The leader or a follower, at random."""
+    def target(self, draw: "Draw") -> tuple[FaultNode, str]:
+        """The leader or a follower, as the draw says."""
         leader = self.cluster.leader()
-        if leader is not None and self.rng.random() < 0.5:
+        if leader is not None and draw.leader_coin < 0.5:
             return leader, "leader"
         others = [n for n in self.cluster.nodes if n is not leader]
-        return self.rng.choice(others), "follower" if leader else "node"
+        return others[draw.pick % len(others)], "follower" if leader else "node"
 
     def apply(self) -> None:
-        kind = self.rng.choice(["kill", "pause", "handoff", "partition"])
+        # Every random value is drawn up front, the same ones whatever the
+        # cluster's state, so a seed replays the same schedule of faults.
+        draw = Draw(self.rng, self.cluster.net.partitions())
+        kind = draw.kind
         if kind == "kill":
-            node, role = self.target()
+            node, role = self.target(draw)
             self.note(f"SIGKILL {node.name} ({role})")
             node.proc.signal(signal.SIGKILL)
             node.proc.wait(10)
-            time.sleep(self.rng.uniform(0.2, 1.5))
+            time.sleep(draw.down_seconds)
             self.cluster.start(node)
             self.cluster.wait_up(node)
             self.note(f"restarted {node.name}")
         elif kind == "pause":
-            node, role = self.target()
-            seconds = self.rng.uniform(0.2, 3.0)
-            self.note(f"SIGSTOP {node.name} ({role}) for {seconds:.2f}s")
+            node, role = self.target(draw)
+            self.note(f"SIGSTOP {node.name} ({role}) for {draw.pause_seconds:.2f}s")
             node.proc.signal(signal.SIGSTOP)
             try:
-                time.sleep(seconds)
+                time.sleep(draw.pause_seconds)
             finally:
                 node.proc.signal(signal.SIGCONT)
             self.note(f"SIGCONT {node.name}")
@@ -570,22 +620,23 @@ class Nemesis:
                 kind = "handoff-skipped"
             else:
                 params = {}
-                if self.rng.random() < 0.5:
-                    params["to"] = self.rng.choice([n for n in self.cluster.nodes if n is not leader]).name
+                if draw.named_handoff:
+                    others = [n for n in self.cluster.nodes if n is not leader]
+                    params["to"] = others[draw.pick % len(others)].name
                 try:
                     r = httpx.post(f"{leader.admin}/handoff", params=params, timeout=20)
-                    outcome = f"{r.status_code} {r.text.strip()[:80]}"
+                    outcome = f"{r.status_code} {' '.join(r.text.split())[:80]}"
                 except httpx.HTTPError as e:
                     outcome = type(e).__name__
                 self.note(f"handoff from {leader.name} {params}: {outcome}")
         else:
-            node, role = self.target()
-            seconds = self.rng.uniform(0.5, 3.0)
-            how = self.rng.choice(self.cluster.net.partitions())
-            if how == "split":
+            node, role = self.target(draw)
+            seconds = draw.partition_seconds
+            if draw.partition == "split":
                 # Cut the target from one other node; the third still
                 # reaches both.
-                other = self.rng.choice([n for n in self.cluster.nodes if n is not node])
+                others = [n for n in self.cluster.nodes if n is not node]
+                other = others[draw.other % len(others)]
                 self.note(f"partition {node.name} ({role}) | {other.name} for {seconds:.2f}s")
                 self.cluster.net.cut(node.index, other.index)
             else:
@@ -596,8 +647,9 @@ class Nemesis:
             finally:
                 self.cluster.net.heal()
             self.note("healed")
-            kind = f"partition-{how}"
+            kind = f"partition-{draw.partition}"
         self.kinds[kind] += 1
+        time.sleep(draw.gap_seconds)
 
     def heal_all(self) -> None:
         self.cluster.net.heal()
@@ -615,6 +667,8 @@ class Nemesis:
 def answer_kind(r: dict) -> str:
     if r["status"] == "client-error":
         return f"client-error {r['error']}"
+    if r["status"] == NODE_DOWN_STATUS:
+        return "node down (test relay)"
     return f"{r['status']} {r['error']}".strip()
 
 
@@ -693,7 +747,6 @@ def test_writes_under_faults_keep_the_write_path_guarantees(tmp_path):
         wait_until(lambda: writers.count() >= 30, 20, f"writes flowing; {replay}")
         for _ in range(faults):
             nemesis.apply()
-            time.sleep(rng.uniform(0.1, 1.0))
         nemesis.heal_all()
 
         # Settled: one leader every node agrees on, and writes through every
@@ -752,3 +805,41 @@ def test_writes_under_faults_keep_the_write_path_guarantees(tmp_path):
         lines.append("fault timeline: " + "; ".join(
             f"t={(t - start_ns) / 1e9:.2f}s {w}" for t, w in nemesis.log))
         raise AssertionError("\n".join(lines))
+
+
+def test_the_history_checker_flags_every_rule():
+    """The checker itself, on a made-up history: a clean one passes, and
+    each guarantee broken once is reported under its own rule."""
+
+    def answer(ident, status, error=""):
+        return {"id": ident, "via": "node-1", "status": status, "error": error, "served_by": "", "sent_ns": 0,
+                "answered_ns": 0}
+
+    def rec(ident, node, term, at_ns, role="primary"):
+        return {"id": ident, "path": "/w/ok", "node": node, "term": str(term), "role": role, "at_ns": at_ns}
+
+    clean_answers = [answer("a", 201), answer("b", 201), answer("c", 502, "indeterminate"),
+                     answer("d", "client-error", "ReadError"), answer("e", 503, "no-primary")]
+    clean_records = [rec("a", "app-1", 2, 10), rec("c", "app-1", 2, 11), rec("b", "app-2", 3, 20),
+                     rec("d", "app-2", 3, 21)]
+    assert dict(check_history(clean_answers, clean_records)) == {}
+
+    broken_answers = [answer("lost", 201), answer("twice", 201), answer("refused", 503, "no-primary"),
+                      answer("bad502", 502, "upstream"), answer("late", 201), answer("first-new", 201),
+                      answer("other-app", 201), answer("unstamped", 201)]
+    broken_records = [rec("twice", "app-1", 2, 10), rec("twice", "app-2", 3, 30), rec("refused", "app-1", 2, 11),
+                      rec("first-new", "app-2", 3, 20), rec("late", "app-1", 2, 25),
+                      rec("other-app", "app-3", 3, 26), rec("unstamped", "app-2", 3, 27, role="replica"),
+                      rec("ghost", "app-2", 3, 28)]
+    found = check_history(broken_answers, broken_records)
+    assert {rule: len(cases) for rule, cases in found.items()} == {
+        "applied twice": 1,
+        "recorded, never sent by a client": 1,
+        "acknowledged, not recorded exactly once": 2,  # lost, twice
+        "502 other than indeterminate": 1,
+        "answered as never sent, but recorded": 1,
+        "applied under an older term after a newer term's first write": 1,
+        "more than one writing app in a term": 1,  # term 3: app-2, app-3
+        "recorded without Litegate-Role: primary and a term": 1,
+    }
+    assert found["applied under an older term after a newer term's first write"][0]["late"]["id"] == "late"
