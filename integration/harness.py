@@ -173,15 +173,21 @@ def start_dev(procs: Procs, upstream: str, name: str = "node-a") -> Node:
     return Node(proc, public, admin)
 
 
-def start_with_config(procs: Procs, toml_text: str, name: str = "node-a", env: dict | None = None) -> Node:
+def start_with_config(procs: Procs, toml_text: str, name: str = "node-a", env: dict | None = None,
+                      nofile: int | None = None) -> Node:
     """Runs `litegate run` with toml_text; the listeners come from environment
-    overrides, on free ports."""
+    overrides, on free ports. With nofile, under that RLIMIT_NOFILE (soft and
+    hard, so litegate cannot raise it)."""
     public, admin = free_port(), free_port()
     path = procs.log_dir / f"{name}.toml"
     path.write_text(toml_text)
     full_env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{public}", "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
                 "LITEGATE_NODE_NAME": name, **(env or {})}
-    proc = procs.litegate(name, ["run", "--config", str(path)], env=full_env)
+    args = ["run", "--config", str(path)]
+    if nofile is None:
+        proc = procs.litegate(name, args, env=full_env)
+    else:
+        proc = procs.start(name, ["prlimit", f"--nofile={nofile}:{nofile}", str(litegate_bin()), *args], env=full_env)
     wait_for_port(public, proc)
     wait_for_port(admin, proc)
     return Node(proc, public, admin)

@@ -18,12 +18,13 @@ use crate::cluster::role_hooks;
 use crate::cluster::server::ClusterService;
 use crate::config::{validate_upstream_url, Config, PrimaryMode};
 use crate::consistency::Position;
+use crate::listen::fd_limit::FdLimits;
 use crate::litefs::{self, Watcher};
 use crate::metrics;
 use crate::primary::{DevPrimary, LitefsLease, PrimarySource, RaftLeadership, Role, StaticPrimary};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
-use crate::proxy::server::Listener;
+use crate::proxy::server::{Listener, Timeouts};
 use crate::proxy::{Cluster, Proxy};
 use crate::shutdown::{self, Signals};
 use crate::tls::{self, MutualTls};
@@ -101,6 +102,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let mut signals =
         Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
+    let caps = ConnectionCaps::new(&config);
     let me = config.node.name.as_str();
     let names: HashSet<String> = config
         .cluster
@@ -238,8 +240,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         let cluster_listener = Listener {
             name: "cluster",
             tls: parts.acceptor,
-            header_read_timeout: config.public.header_read_timeout.get(),
+            timeouts: Timeouts::from_config(&config),
             max_header_bytes: config.public.max_header_bytes,
+            max_connections: caps.cluster,
+            http1_only: false,
             shutdown_grace: config.public.shutdown_grace.get(),
             count_connections: false,
         };
@@ -259,7 +263,22 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         cluster: cluster_admin,
         token: admin::load_token(&config.admin)?,
     });
-    tokio::spawn(admin::serve(admin_listener, admin_state, stop.clone()));
+    let admin_side = Listener {
+        name: "admin",
+        tls: None,
+        timeouts: Timeouts::from_config(&config),
+        max_header_bytes: config.public.max_header_bytes,
+        max_connections: caps.admin,
+        http1_only: true,
+        shutdown_grace: config.public.shutdown_grace.get(),
+        count_connections: false,
+    };
+    tokio::spawn(admin::serve(
+        admin_side,
+        admin_listener,
+        admin_state,
+        stop.clone(),
+    ));
 
     // SIGTERM on the Raft leader hands leadership off first, so the
     // cluster does not wait out an election timeout; a second signal
@@ -291,8 +310,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             let public_listener = Listener {
                 name: "public",
                 tls: public_tls,
-                header_read_timeout: config.public.header_read_timeout.get(),
+                timeouts: Timeouts::from_config(&config),
                 max_header_bytes: config.public.max_header_bytes,
+                max_connections: caps.public,
+                http1_only: false,
                 shutdown_grace: config.public.shutdown_grace.get(),
                 count_connections: true,
             };
@@ -306,6 +327,51 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         }
     }
     Ok(())
+}
+
+/// Each listener's connection cap: the configured one, lowered where the
+/// file-descriptor limit would not leave room for sockets to the app and
+/// the peers (see [`FdLimits`]).
+struct ConnectionCaps {
+    public: usize,
+    cluster: usize,
+    admin: usize,
+}
+
+impl ConnectionCaps {
+    fn new(config: &Config) -> Self {
+        let configured = Self {
+            public: config.public.max_connections,
+            cluster: config.cluster.max_connections,
+            admin: config.admin.max_connections,
+        };
+        let Some(limits) = FdLimits::raise() else {
+            return configured;
+        };
+        let caps = Self {
+            public: limits.public_cap(configured.public),
+            cluster: limits.cluster_cap(configured.cluster),
+            admin: limits.admin_cap(configured.admin),
+        };
+        tracing::info!(
+            nofile_soft = limits.soft,
+            nofile_hard = limits.hard,
+            public_max_connections = caps.public,
+            cluster_max_connections = caps.cluster,
+            admin_max_connections = caps.admin,
+            "file descriptor limit and connection caps"
+        );
+        if caps.public < configured.public {
+            tracing::warn!(
+                configured = configured.public,
+                effective = caps.public,
+                nofile = limits.soft,
+                "public.max_connections lowered to half of the file descriptor limit (less a reserve of {}); raise `ulimit -n` to allow more",
+                crate::listen::fd_limit::FIXED_RESERVE
+            );
+        }
+        caps
+    }
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {

@@ -4,14 +4,11 @@
 
 pub mod client;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -23,6 +20,8 @@ use crate::config::{AdminConfig, Config, PrimaryMode};
 use crate::primary::{static_promote, PrimarySource, PromoteError, Role};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::health::UpstreamHealth;
+use crate::proxy::server::{Handler, Listener};
+use crate::proxy::ConnInfo;
 use crate::shutdown::Shutdown;
 
 pub struct ClusterAdmin {
@@ -63,35 +62,33 @@ pub fn load_token(config: &AdminConfig) -> Result<Option<String>, String> {
     Ok(Some(token))
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.begun() => return,
-        };
-        let state = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(answer(&state, &req, loopback).await) }
-        });
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "admin connection ended with an error");
-            }
-        });
+/// The admin service on the shared listener (HTTP/1.1 only): the same
+/// connection cap, head deadline and idle timeout as the other listeners,
+/// from its own `admin.max_connections`.
+struct AdminHandler {
+    state: Arc<AdminState>,
+    loopback: bool,
+}
+
+impl Handler for AdminHandler {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        answer(&self.state, &req, self.loopback).await
     }
+}
+
+pub async fn serve(
+    listener_options: Listener,
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: Shutdown,
+) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let handler = Arc::new(AdminHandler { state, loopback });
+    listener_options.serve(listener, handler, shutdown).await;
 }
 
 async fn answer(

@@ -78,6 +78,14 @@ pub struct PublicConfig {
     pub max_header_bytes: usize,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// HTTP/2: how often an otherwise quiet connection is PINGed.
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2: a PING unanswered this long closes the connection.
+    pub http2_keepalive_timeout: Duration,
+    /// Open connections at once; more are closed as soon as accepted.
+    pub max_connections: usize,
 }
 
 impl Default for PublicConfig {
@@ -90,6 +98,10 @@ impl Default for PublicConfig {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            max_connections: 10_000,
         }
     }
 }
@@ -222,6 +234,8 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     pub election_timeout: [Duration; 2],
     pub peers: Vec<Peer>,
+    /// Open connections at once on the cluster listener.
+    pub max_connections: usize,
 }
 
 impl Default for ClusterConfig {
@@ -237,6 +251,7 @@ impl Default for ClusterConfig {
             heartbeat: Duration::from_millis(50),
             election_timeout: [Duration::from_millis(150), Duration::from_millis(300)],
             peers: Vec::new(),
+            max_connections: 1024,
         }
     }
 }
@@ -288,6 +303,8 @@ impl Default for ConsistencyConfig {
 pub struct AdminConfig {
     pub listen: ListenAddr,
     pub token_file: String,
+    /// Open connections at once on the admin listener.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -295,6 +312,7 @@ impl Default for AdminConfig {
         Self {
             listen: ListenAddr(([127, 0, 0, 1], 9191).into()),
             token_file: String::new(),
+            max_connections: 64,
         }
     }
 }

@@ -12,6 +12,12 @@ use crate::proxy::headers::is_token;
 pub const MAX_CONCURRENCY: usize = 1_000_000;
 const _: () = assert!(MAX_CONCURRENCY <= tokio::sync::Semaphore::MAX_PERMITS);
 
+/// The most any `max_connections` may be: past what one process holds
+/// open, and within what a semaphore counts and shutdown waits for at once.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+const _: () = assert!(MAX_CONNECTIONS <= tokio::sync::Semaphore::MAX_PERMITS);
+const _: () = assert!(MAX_CONNECTIONS <= u32::MAX as usize);
+
 /// The most `public.max_header_bytes` may be (1 MiB): browsers send a few
 /// KiB, and the listener's buffers are sized from it.
 pub const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -56,7 +62,7 @@ impl DurationBound {
     }
 }
 
-fn duration_bounds(c: &Config) -> [DurationBound; 11] {
+fn duration_bounds(c: &Config) -> [DurationBound; 14] {
     let bound = |key, value, min, max| DurationBound {
         key,
         value,
@@ -69,6 +75,19 @@ fn duration_bounds(c: &Config) -> [DurationBound; 11] {
         bound(
             "public.header_read_timeout",
             c.public.header_read_timeout,
+            NONZERO,
+            HOUR,
+        ),
+        bound("public.idle_timeout", c.public.idle_timeout, NONZERO, DAY),
+        bound(
+            "public.http2_keepalive_interval",
+            c.public.http2_keepalive_interval,
+            NONZERO,
+            HOUR,
+        ),
+        bound(
+            "public.http2_keepalive_timeout",
+            c.public.http2_keepalive_timeout,
             NONZERO,
             HOUR,
         ),
@@ -160,6 +179,18 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
                 c.upstream.max_concurrency
             ),
         );
+    }
+    for (key, value, default) in [
+        ("public.max_connections", c.public.max_connections, 10_000),
+        ("cluster.max_connections", c.cluster.max_connections, 1024),
+        ("admin.max_connections", c.admin.max_connections, 64),
+    ] {
+        if value == 0 || value > MAX_CONNECTIONS {
+            return err(
+                key,
+                format!("{value} is out of range: use 1 to {MAX_CONNECTIONS} (default {default})"),
+            );
+        }
     }
     if c.public.max_header_bytes < 1024 {
         return err(
@@ -504,6 +535,21 @@ mod tests {
         c.public.max_header_bytes = usize::MAX;
         let err = refusal(&c);
         assert!(err.contains("`public.max_header_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn connection_caps_are_bounded() {
+        for zero_or_huge in [0, MAX_CONNECTIONS + 1] {
+            let mut c = dev();
+            c.public.max_connections = zero_or_huge;
+            assert!(refusal(&c).contains("`public.max_connections`"));
+            let mut c = dev();
+            c.cluster.max_connections = zero_or_huge;
+            assert!(refusal(&c).contains("`cluster.max_connections`"));
+            let mut c = dev();
+            c.admin.max_connections = zero_or_huge;
+            assert!(refusal(&c).contains("`admin.max_connections`"));
+        }
     }
 
     #[test]

@@ -1,34 +1,46 @@
-//! Accepting connections, for the public listener and the cluster listener
+//! Accepting connections, for the public, cluster and admin listeners
 //! alike: optional TLS, HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN
-//! over TLS) on one port, keep-alive, a deadline for request heads, upgrades,
-//! and a graceful stop.
+//! over TLS) on one port, keep-alive, a connection cap, a deadline from
+//! accept to the first request head, an idle timeout between requests,
+//! HTTP/2 keep-alive pings, upgrades, and a graceful stop.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::Config;
+use crate::listen::accept::CappedAcceptor;
+use crate::listen::activity::{Activity, InFlight};
 use crate::metrics;
 use crate::shutdown::Shutdown;
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
 use super::ConnInfo;
 
 /// hyper's own limit on a request head; ours (`public.max_header_bytes`)
 /// sits below it so the 431 it causes carries `Litegate-Error`.
 const HYPER_DEFAULT_MAX_BUF: usize = 400 * 1024;
+
+/// After a silent connection is asked to close (HTTP/2: GOAWAY with
+/// NO_ERROR), how long it may take before it is dropped outright.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
@@ -46,55 +58,85 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// How long a connection may stay silent, and how HTTP/2 checks on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From accept to the first complete request head.
+    pub head: Duration,
+    /// With no request in flight, until the next request head begins.
+    pub idle: Duration,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Timeouts {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            head: config.public.header_read_timeout.get(),
+            idle: config.public.idle_timeout.get(),
+            http2_keepalive_interval: config.public.http2_keepalive_interval.get(),
+            http2_keepalive_timeout: config.public.http2_keepalive_timeout.get(),
+        }
+    }
+}
+
 pub struct Listener {
     pub name: &'static str,
     pub tls: Option<TlsAcceptor>,
-    pub header_read_timeout: Duration,
+    pub timeouts: Timeouts,
     pub max_header_bytes: usize,
+    pub max_connections: usize,
+    /// The admin listener speaks HTTP/1.1 only.
+    pub http1_only: bool,
     pub shutdown_grace: Duration,
     /// Counted in `litegate_open_connections` (the public listener).
     pub count_connections: bool,
 }
 
 impl Listener {
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own head timer: it starts when an HTTP/1.1 connection
+        // waits for a request head (after the version is sniffed, and again
+        // after each response), so it also bounds keep-alive idleness.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.timeouts.head)
+            .keep_alive(true)
+            .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes + 16 * 1024));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.timeouts.http2_keepalive_interval)
+            .keep_alive_timeout(self.timeouts.http2_keepalive_timeout)
+            .max_header_list_size(
+                u32::try_from(self.max_header_bytes + 16 * 1024).unwrap_or(u32::MAX),
+            );
+        if self.http1_only {
+            builder.http1_only()
+        } else {
+            builder
+        }
+    }
+
     /// Accepts connections until `shutdown`, then lets open ones finish for
     /// up to `shutdown_grace`.
     pub async fn serve<H: Handler>(
         self,
         listener: TcpListener,
         handler: Arc<H>,
-        mut shutdown: Shutdown,
+        shutdown: Shutdown,
     ) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            .keep_alive(true)
-            .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes + 16 * 1024));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(
-                u32::try_from(self.max_header_bytes + 16 * 1024).unwrap_or(u32::MAX),
-            );
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
-
+        let builder = Arc::new(self.builder());
+        let mut acceptor = CappedAcceptor::new(listener, self.name, self.max_connections);
+        let mut stopping = shutdown.clone();
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors, most likely: back off rather
-                        // than spin, and keep serving the connections we have.
-                        tracing::warn!(listener = self.name, %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.begun() => break,
+            let (stream, peer, slot) = tokio::select! {
+                accepted = acceptor.accept() => accepted,
+                _ = stopping.begun() => break,
             };
+            let accepted = Instant::now();
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
@@ -103,29 +145,27 @@ impl Listener {
                 tls: self.tls.is_some(),
                 trusted: handler.is_trusted(&peer),
             };
-            let (handler, builder, watcher) = (
-                Arc::clone(&handler),
-                Arc::clone(&builder),
-                graceful.watcher(),
-            );
-            let (tls, handshake_timeout, name, counted) = (
-                self.tls.clone(),
-                self.header_read_timeout,
-                self.name,
-                self.count_connections,
-            );
+            let activity = Activity::new(accepted, self.timeouts.head, self.timeouts.idle);
+            let (handler, builder, shutdown) =
+                (Arc::clone(&handler), Arc::clone(&builder), shutdown.clone());
+            let (tls, name, counted) = (self.tls.clone(), self.name, self.count_connections);
             if counted {
                 metrics::set_open_connections_delta(1.0);
             }
             tokio::spawn(async move {
+                let conn = Conn {
+                    info,
+                    handler,
+                    activity,
+                    shutdown,
+                };
                 match tls {
-                    None => serve_connection(stream, info, handler, &builder, watcher).await,
+                    None => conn.serve(stream, &builder).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                serve_connection(tls_stream, info, handler, &builder, watcher).await
-                            }
+                        // The handshake counts against the head deadline.
+                        let deadline = conn.activity.head_deadline();
+                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => conn.serve(tls_stream, &builder).await,
                             Ok(Err(error)) => {
                                 tracing::debug!(listener = name, %peer, %error, "TLS handshake failed")
                             }
@@ -138,12 +178,12 @@ impl Listener {
                 if counted {
                     metrics::set_open_connections_delta(-1.0);
                 }
+                drop(slot);
             });
         }
-        drop(listener);
 
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!(listener = self.name, "all connections closed"),
+            _ = acceptor.all_closed() => tracing::info!(listener = self.name, "all connections closed"),
             _ = tokio::time::sleep(self.shutdown_grace) => {
                 tracing::warn!(listener = self.name, grace = %humantime::format_duration(self.shutdown_grace), "requests still running after the shutdown grace; closing them");
             }
@@ -151,26 +191,90 @@ impl Listener {
     }
 }
 
-async fn serve_connection<I, H>(
-    io: I,
+/// One accepted connection and what it needs to be served.
+struct Conn<H> {
     info: ConnInfo,
     handler: Arc<H>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Handler,
-{
-    let service = service_fn(move |req| {
-        let handler = Arc::clone(&handler);
-        // Boxed: hyper keeps room for one service future in every
-        // connection, idle ones too; a request's future is several KB, a
-        // box is a pointer.
-        let response: BoxFuture = Box::pin(async move { Ok(handler.handle(req, info).await) });
-        response
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+    activity: Arc<Activity>,
+    shutdown: Shutdown,
+}
+
+impl<H: Handler> Conn<H> {
+    async fn serve<I>(self, io: I, builder: &auto::Builder<TokioExecutor>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            info,
+            handler,
+            activity,
+            mut shutdown,
+        } = self;
+        let tracked = Arc::clone(&activity);
+        let service = service_fn(move |req| {
+            let handler = Arc::clone(&handler);
+            let in_flight = tracked.request_started();
+            // Boxed: hyper keeps room for one service future in every
+            // connection, idle ones too; a request's future is several KB, a
+            // box is a pointer.
+            let response: BoxFuture = Box::pin(async move {
+                let response = handler.handle(req, info).await;
+                Ok(response.map(|body| {
+                    TrackedBody {
+                        body,
+                        _in_flight: in_flight,
+                    }
+                    .boxed_unsync()
+                }))
+            });
+            response
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            _ = activity.expired() => {
+                tracing::debug!(peer = %info.peer, "closing a silent connection");
+                conn.as_mut().graceful_shutdown();
+                match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                    Ok(ended) => ended,
+                    Err(_) => Ok(()),
+                }
+            }
+            _ = shutdown.begun() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(error) = ended {
+            tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it
+/// has been sent or abandoned, so a long download is never cut as idle.
+struct TrackedBody {
+    body: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

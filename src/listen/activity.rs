@@ -1,0 +1,131 @@
+//! When a connection has been silent too long. A connection must deliver
+//! its first complete request head within the head timeout, counted from
+//! accept (so the TLS handshake, HTTP version sniffing and the HTTP/2
+//! preface all count); after that, whenever it has no request in flight
+//! (no HTTP/2 stream open, no HTTP/1.1 request being answered), it must
+//! start the next one within the idle timeout.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct Activity {
+    accepted: Instant,
+    head_timeout: Duration,
+    idle_timeout: Duration,
+    in_flight: AtomicUsize,
+    any_request: AtomicBool,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+/// Held from a request's head to the end of its response body.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Activity {
+    pub fn new(accepted: Instant, head_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            accepted,
+            head_timeout,
+            idle_timeout,
+            in_flight: AtomicUsize::new(0),
+            any_request: AtomicBool::new(false),
+            idle_since: Mutex::new(accepted),
+            changed: Notify::new(),
+        })
+    }
+
+    /// The moment the first request head must be complete by.
+    pub fn head_deadline(&self) -> Instant {
+        self.accepted + self.head_timeout
+    }
+
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.any_request.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        InFlight(Arc::clone(self))
+    }
+
+    /// When the connection will have been silent too long, or `None` while
+    /// a request is in flight.
+    fn deadline(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            None
+        } else if !self.any_request.load(Ordering::SeqCst) {
+            Some(self.head_deadline())
+        } else {
+            let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+            Some(since + self.idle_timeout)
+        }
+    }
+
+    /// Resolves once the connection has been silent too long; never while
+    /// a request is in flight.
+    pub async fn expired(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read, so a change in between
+            // is not missed.
+            changed.as_mut().enable();
+            match self.deadline() {
+                None => changed.await,
+                Some(deadline) => tokio::select! {
+                    _ = changed => {}
+                    _ = tokio::time::sleep_until(deadline) => return,
+                },
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        *activity
+            .idle_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+        activity.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_millis(50);
+    const IDLE: Duration = Duration::from_millis(100);
+    /// Far past both timeouts: only a hang reaches it.
+    const BOUND: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_connection_without_a_request_expires_after_the_head_deadline() {
+        let activity = Activity::new(Instant::now(), HEAD, IDLE);
+        tokio::time::timeout(BOUND, activity.expired())
+            .await
+            .expect("a silent connection must expire");
+        assert!(Instant::now() >= activity.head_deadline());
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_never_expires_and_idleness_after_it_does() {
+        let activity = Activity::new(Instant::now(), HEAD, IDLE);
+        let request = activity.request_started();
+        let waited = tokio::time::timeout(4 * IDLE, activity.expired()).await;
+        assert!(waited.is_err(), "expired while a request was in flight");
+        drop(request);
+        let finished = Instant::now();
+        tokio::time::timeout(BOUND, activity.expired())
+            .await
+            .expect("an idle connection must expire");
+        assert!(Instant::now() >= finished + IDLE);
+    }
+}
