@@ -56,7 +56,7 @@ impl DurationBound {
     }
 }
 
-fn duration_bounds(c: &Config) -> [DurationBound; 11] {
+fn duration_bounds(c: &Config) -> [DurationBound; 12] {
     let bound = |key, value, min, max| DurationBound {
         key,
         value,
@@ -69,6 +69,12 @@ fn duration_bounds(c: &Config) -> [DurationBound; 11] {
         bound(
             "public.header_read_timeout",
             c.public.header_read_timeout,
+            NONZERO,
+            HOUR,
+        ),
+        bound(
+            "public.body_read_timeout",
+            c.public.body_read_timeout,
             NONZERO,
             HOUR,
         ),
@@ -418,6 +424,9 @@ mod tests {
         let keys: &[(&str, Set)] = &[
             ("public.header_read_timeout", |c, d| {
                 c.public.header_read_timeout = d
+            }),
+            ("public.body_read_timeout", |c, d| {
+                c.public.body_read_timeout = d
             }),
             ("public.shutdown_grace", |c, d| c.public.shutdown_grace = d),
             ("upstream.connect_timeout", |c, d| {
