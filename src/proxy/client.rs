@@ -23,6 +23,12 @@ use super::errors::{ProxyError, Sent};
 use super::fence::Attempt;
 use super::write_pool::WritePool;
 
+/// The most of an app's response read ahead of the client, per request.
+/// hyper's default (~400 KiB, grown into by any fast app) is held for as
+/// long as the client is slow to read; this still fits any sane response
+/// head and keeps streaming at full speed.
+pub const APP_READ_BUFFER: usize = 64 * 1024;
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     service: ConcurrencyLimit<Client<HttpConnector, ProxyBody>>,
@@ -45,6 +51,7 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout.get())
             .pool_max_idle_per_host(config.max_concurrency)
+            .http1_max_buf_size(APP_READ_BUFFER)
             // The client's Host is the app's address; the user's Host is set
             // on every request before it gets here.
             .set_host(false);
@@ -137,7 +144,9 @@ impl UpstreamClient {
 /// How the client's body is doing, where the request carries one: the
 /// deadline for the app's answer counts from its last piece.
 fn body_progress<B>(req: &Request<B>) -> Option<Arc<client_body::Progress>> {
-    req.extensions().get::<Arc<client_body::Progress>>().cloned()
+    req.extensions()
+        .get::<Arc<client_body::Progress>>()
+        .cloned()
 }
 
 async fn call<C>(

@@ -105,7 +105,9 @@ struct TimedBody {
 impl TimedBody {
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.waiting = None;
-        self.progress.waiting_on_client.store(false, Ordering::Release);
+        self.progress
+            .waiting_on_client
+            .store(false, Ordering::Release);
         let _ = self.progress.fault.set(fault);
         Poll::Ready(Some(Err(Box::new(ClientBodyError(fault)))))
     }
@@ -136,7 +138,9 @@ impl Body for TimedBody {
             Poll::Ready(Some(Err(_))) => self.fail(BodyFault::Broken),
             Poll::Pending => {
                 let timeout = self.timeout;
-                self.progress.waiting_on_client.store(true, Ordering::Release);
+                self.progress
+                    .waiting_on_client
+                    .store(true, Ordering::Release);
                 let sleep = self
                     .waiting
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));

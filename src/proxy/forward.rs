@@ -124,13 +124,17 @@ pub async fn send(
         parts.headers.insert(LITEGATE_CONTENT_LENGTH, length);
     }
     // Said outright: hyper would send a `GET` of unknown length with no body.
-    parts
-        .headers
-        .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    parts.headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
     parts
         .headers
         .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
-    let progress = parts.extensions.get::<Arc<client_body::Progress>>().cloned();
+    let progress = parts
+        .extensions
+        .get::<Arc<client_body::Progress>>()
+        .cloned();
     let mut req = Request::from_parts(
         parts,
         GatedBody {

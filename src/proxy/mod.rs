@@ -47,7 +47,10 @@
 //!    class, and their duration to the response head.
 //!
 //! Bodies are streamed frame by frame in both directions, except a write's
-//! first 64 KiB, kept so a try that sent nothing can be made again.
+//! first 64 KiB, kept so a try that sent nothing can be made again. Each
+//! next piece of a client's body must come within
+//! `public.body_read_timeout` (`client_body.rs`); a body that stalls or is
+//! malformed fails its exchange and is answered as the client's fault.
 //!
 //! [`ProxyError`]: errors::ProxyError
 //! [`ProxyError::next`]: errors::ProxyError::next

@@ -26,9 +26,12 @@ use crate::shutdown::Shutdown;
 use super::body::ProxyBody;
 use super::ConnInfo;
 
-/// hyper's own limit on a request head; ours (`public.max_header_bytes`)
-/// sits below it so the 431 it causes carries `Litegate-Error`.
-const HYPER_DEFAULT_MAX_BUF: usize = 400 * 1024;
+/// hyper's buffer per HTTP/1 connection is `public.max_header_bytes` plus
+/// this: room above our limit, so the 431 it causes carries
+/// `Litegate-Error`. The same bound caps what hyper queues for a client
+/// that reads its response slowly (hyper's default, ~400 KiB, cost every
+/// slow reader that much).
+const HEAD_BUFFER_MARGIN: usize = 16 * 1024;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
@@ -71,7 +74,7 @@ impl Listener {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .keep_alive(true)
-            .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes + 16 * 1024));
+            .max_buf_size(self.max_header_bytes + HEAD_BUFFER_MARGIN);
         builder
             .http2()
             .timer(TokioTimer::new())
