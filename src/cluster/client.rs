@@ -61,6 +61,9 @@ impl PeerClient {
             // idle connections: a write sent on a connection the peer is
             // closing fails and may not be retried.
             .pool_idle_timeout(POOL_IDLE)
+            // A forwarded response streams on to a client that may read it
+            // slowly: read ahead of it no more than from the local app.
+            .http1_max_buf_size(crate::proxy::client::APP_READ_BUFFER)
             .set_host(false)
             .build(connector);
         Ok(Self {

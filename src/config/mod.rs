@@ -76,6 +76,9 @@ pub struct PublicConfig {
     pub header_read_timeout: Duration,
     /// Requests whose head is larger are answered 431.
     pub max_header_bytes: usize,
+    /// The longest litegate waits for the next piece of a client's request
+    /// body (a slowloris body), not a bound on the whole upload.
+    pub body_read_timeout: Duration,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
     /// A connection with no request in flight is closed after this long.
@@ -97,6 +100,7 @@ impl Default for PublicConfig {
             tls_key: String::new(),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             http2_keepalive_interval: Duration::from_secs(20),

@@ -62,7 +62,7 @@ impl DurationBound {
     }
 }
 
-fn duration_bounds(c: &Config) -> [DurationBound; 14] {
+fn duration_bounds(c: &Config) -> [DurationBound; 15] {
     let bound = |key, value, min, max| DurationBound {
         key,
         value,
@@ -88,6 +88,12 @@ fn duration_bounds(c: &Config) -> [DurationBound; 14] {
         bound(
             "public.http2_keepalive_timeout",
             c.public.http2_keepalive_timeout,
+            NONZERO,
+            HOUR,
+        ),
+        bound(
+            "public.body_read_timeout",
+            c.public.body_read_timeout,
             NONZERO,
             HOUR,
         ),
@@ -449,6 +455,9 @@ mod tests {
         let keys: &[(&str, Set)] = &[
             ("public.header_read_timeout", |c, d| {
                 c.public.header_read_timeout = d
+            }),
+            ("public.body_read_timeout", |c, d| {
+                c.public.body_read_timeout = d
             }),
             ("public.shutdown_grace", |c, d| c.public.shutdown_grace = d),
             ("upstream.connect_timeout", |c, d| {

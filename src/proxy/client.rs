@@ -18,9 +18,16 @@ use tower::{Service, ServiceExt};
 use crate::config::UpstreamConfig;
 
 use super::body::ProxyBody;
+use super::client_body;
 use super::errors::{ProxyError, Sent};
 use super::fence::Attempt;
 use super::write_pool::WritePool;
+
+/// The most of an app's response read ahead of the client, per request.
+/// hyper's default (~400 KiB, grown into by any fast app) is held for as
+/// long as the client is slow to read; this still fits any sane response
+/// head and keeps streaming at full speed.
+pub const APP_READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -44,6 +51,7 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout.get())
             .pool_max_idle_per_host(config.max_concurrency)
+            .http1_max_buf_size(APP_READ_BUFFER)
             // The client's Host is the app's address; the user's Host is set
             // on every request before it gets here.
             .set_host(false);
@@ -91,7 +99,17 @@ impl UpstreamClient {
     /// Sends a request and waits for the response head (not the body, which
     /// streams for as long as the app sends it).
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
-        self.deadline(call(self.service.clone(), req)).await
+        let progress = body_progress(&req);
+        match client_body::head_within(
+            self.timeout,
+            progress.as_deref(),
+            call(self.service.clone(), req),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
+        }
     }
 
     /// As [`send`](Self::send), for a write that only the primary's app may
@@ -104,6 +122,7 @@ impl UpstreamClient {
         req: Request<ProxyBody>,
         attempt: &Arc<Attempt>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let progress = body_progress(&req);
         let exchange = async {
             let _turn = self
                 .in_flight
@@ -112,7 +131,7 @@ impl UpstreamClient {
                 .map_err(|e| ProxyError::UpstreamUnreachable(e.into()))?;
             self.writes.send(req, attempt).await
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        match client_body::head_within(self.timeout, progress.as_deref(), exchange).await {
             Ok(result) => result,
             Err(_) if attempt.sent() == Sent::Nothing => Err(ProxyError::UpstreamUnreachable(
                 format!("the app took no write within {:?}", self.timeout).into(),
@@ -120,16 +139,14 @@ impl UpstreamClient {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
         }
     }
+}
 
-    async fn deadline(
-        &self,
-        call: impl std::future::Future<Output = Result<Response<Incoming>, ProxyError>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
-        }
-    }
+/// How the client's body is doing, where the request carries one: the
+/// deadline for the app's answer counts from its last piece.
+fn body_progress<B>(req: &Request<B>) -> Option<Arc<client_body::Progress>> {
+    req.extensions()
+        .get::<Arc<client_body::Progress>>()
+        .cloned()
 }
 
 async fn call<C>(

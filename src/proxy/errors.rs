@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{self, BoxError, ProxyBody};
+use super::client_body::BodyFault;
 use super::headers::{LITEGATE_ERROR, LITEGATE_PRIMARY, LITEGATE_TERM};
 
 /// Which side of the proxy a failure came from.
@@ -85,6 +86,14 @@ pub enum ProxyError {
     MethodNotAllowed(Method),
     #[error("request head of {size} bytes is over the limit of {limit}")]
     HeadersTooLarge { size: usize, limit: usize },
+    /// The client's body stalled or was malformed or cut short. Any app
+    /// that got part of it saw an incomplete request and had its
+    /// connection cut; the request is never sent again.
+    #[error("{}", match .fault {
+        BodyFault::Stalled(after) => format!("the request body stalled: no more of it came for {}", humantime::format_duration(*after)),
+        BodyFault::Broken => "the request body was malformed or cut short".to_owned(),
+    })]
+    ClientBody { fault: BodyFault, sent: Sent },
 }
 
 impl ProxyError {
@@ -99,7 +108,8 @@ impl ProxyError {
             | ProxyError::Indeterminate(_) => Side::Upstream,
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::HeadersTooLarge { .. } => Side::Downstream,
+            | ProxyError::HeadersTooLarge { .. }
+            | ProxyError::ClientBody { .. } => Side::Downstream,
             ProxyError::NoPrimary { .. }
             | ProxyError::PrimaryMovedMidSend
             | ProxyError::Fenced
@@ -112,6 +122,7 @@ impl ProxyError {
     /// Whether any byte of the request may have reached an app.
     pub fn sent(&self) -> Sent {
         match self {
+            ProxyError::ClientBody { sent, .. } => *sent,
             ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamBroken(_)
             | ProxyError::UnaskedUpgrade
@@ -155,7 +166,9 @@ impl ProxyError {
     /// been applied.
     pub fn for_write(self) -> ProxyError {
         match self {
-            ProxyError::Indeterminate(_) => self,
+            // The app saw at most an incomplete request (its connection was
+            // cut mid-body), so the client hears about its own body.
+            ProxyError::Indeterminate(_) | ProxyError::ClientBody { .. } => self,
             other if other.sent() == Sent::Maybe => ProxyError::Indeterminate(Box::new(other)),
             other => other,
         }
@@ -180,6 +193,14 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::ClientBody {
+                fault: BodyFault::Stalled(_),
+                ..
+            } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBody {
+                fault: BodyFault::Broken,
+                ..
+            } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -201,6 +222,14 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::MethodNotAllowed(_) => "method-not-allowed",
             ProxyError::HeadersTooLarge { .. } => "headers-too-large",
+            ProxyError::ClientBody {
+                fault: BodyFault::Stalled(_),
+                ..
+            } => "body-timeout",
+            ProxyError::ClientBody {
+                fault: BodyFault::Broken,
+                ..
+            } => "bad-request",
         }
     }
 
@@ -230,6 +259,11 @@ impl ProxyError {
         let mut resp = body::text_response(self.status(), text);
         let h = resp.headers_mut();
         h.insert(LITEGATE_ERROR, HeaderValue::from_static(self.code()));
+        if matches!(self, ProxyError::ClientBody { .. }) {
+            // The rest of the body is unread: the connection cannot carry
+            // another request.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             // An election or a promote settles within a second or two.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -265,4 +299,53 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     out.join(": ")
+}
+
+/// The error an exchange that carried a client's body ends with: the
+/// client's own, when its body is what failed (whatever the sending side
+/// reported), keeping what the sending side knows of what was sent.
+pub fn blame_client_body(error: ProxyError, fault: Option<BodyFault>) -> ProxyError {
+    match (fault, &error) {
+        (_, ProxyError::ClientBody { .. }) | (None, _) => error,
+        (Some(fault), _) => ProxyError::ClientBody {
+            fault,
+            sent: error.sent(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_body_before_any_byte_left_is_answered_not_resent() {
+        let err = blame_client_body(
+            ProxyError::UpstreamUnreachable("the body never came".into()),
+            Some(BodyFault::Stalled(Duration::from_secs(30))),
+        );
+        assert_eq!(err.sent(), Sent::Nothing);
+        assert_eq!(err.next(), Next::Answer);
+        assert_eq!(err.side(), Side::Downstream);
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(err.code(), "body-timeout");
+        let err = err.for_write();
+        assert_eq!(err.code(), "body-timeout");
+    }
+
+    #[test]
+    fn a_broken_body_after_bytes_left_keeps_its_sent_and_blames_the_client() {
+        let err = blame_client_body(
+            ProxyError::UpstreamBroken("user body failed".into()),
+            Some(BodyFault::Broken),
+        );
+        assert_eq!(err.sent(), Sent::Maybe);
+        assert_eq!(err.next(), Next::Answer);
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.code(), "bad-request");
+        assert_eq!(err.for_write().code(), "bad-request");
+        // A route failure is still resent when the client's body is fine.
+        let err = blame_client_body(ProxyError::PeerLost("gone".into()), None);
+        assert_eq!(err.next(), Next::Resend);
+    }
 }

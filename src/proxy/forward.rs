@@ -32,7 +32,8 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use super::body::{self, BoxError, ProxyBody};
-use super::errors::ProxyError;
+use super::client_body;
+use super::errors::{ProxyError, Sent};
 use super::replay_body::REPLAY_LIMIT;
 use crate::cluster::client::PeerClient;
 use crate::primary::{PrimaryState, PrimaryWatch};
@@ -122,9 +123,18 @@ pub async fn send(
     if let Some(length) = parts.headers.remove(header::CONTENT_LENGTH) {
         parts.headers.insert(LITEGATE_CONTENT_LENGTH, length);
     }
+    // Said outright: hyper would send a `GET` of unknown length with no body.
+    parts.headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
     parts
         .headers
         .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+    let progress = parts
+        .extensions
+        .get::<Arc<client_body::Progress>>()
+        .cloned();
     let mut req = Request::from_parts(
         parts,
         GatedBody {
@@ -160,7 +170,7 @@ pub async fn send(
         }
     }
     let timeout = client.forward_timeout();
-    match tokio::time::timeout(timeout, exchange).await {
+    match client_body::head_within(timeout, progress.as_deref(), exchange).await {
         Ok(result) => answered(result, &gate),
         Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
     }
@@ -190,7 +200,7 @@ fn answered(
 /// Restores the write's `Content-Length` from the hop's header.
 pub async fn admitted_body(
     headers: &mut HeaderMap,
-    body: Incoming,
+    mut body: ProxyBody,
 ) -> Result<ProxyBody, ProxyError> {
     headers.remove(header::EXPECT);
     let declared = headers.remove(LITEGATE_CONTENT_LENGTH);
@@ -208,7 +218,6 @@ pub async fn admitted_body(
     if let Some(v) = declared {
         headers.insert(header::CONTENT_LENGTH, v);
     }
-    let mut body = body::stream(body);
     if length.is_some_and(|n| n <= REPLAY_LIMIT) {
         return whole(body, length).await;
     }
@@ -217,7 +226,12 @@ pub async fn admitted_body(
         .map_err(|_| ProxyError::BadRequest("the forwarded write's body did not start"))?;
     let first = match first {
         None => return Ok(body::empty()),
-        Some(Err(_)) => return Err(ProxyError::BadRequest("the request body was cut short")),
+        Some(Err(err)) => {
+            return Err(ProxyError::ClientBody {
+                fault: client_body::fault_of(&err),
+                sent: Sent::Nothing,
+            })
+        }
         Some(Ok(frame)) => frame,
     };
     let head = futures::stream::once(async move { Ok::<_, BoxError>(first) });
@@ -233,9 +247,10 @@ pub async fn admitted_body(
 pub async fn whole(mut body: ProxyBody, length: Option<usize>) -> Result<ProxyBody, ProxyError> {
     let mut whole = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err(ProxyError::BadRequest("the request body was cut short"));
-        };
+        let frame = frame.map_err(|err| ProxyError::ClientBody {
+            fault: client_body::fault_of(&err),
+            sent: Sent::Nothing,
+        })?;
         if let Ok(data) = frame.into_data() {
             if whole.len() + data.len() > length.unwrap_or(REPLAY_LIMIT) {
                 return Err(ProxyError::BadRequest(

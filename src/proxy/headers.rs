@@ -125,6 +125,42 @@ pub fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Marks a request body of unknown length as chunked for the HTTP/1.1 hop
+/// to the app or peer: hyper's client sends a `GET` (or `HEAD`) whose body
+/// has no declared length as having no body at all, which would drop a
+/// chunked HTTP/1.1 body or HTTP/2 `DATA` the client did send.
+pub fn frame_body(headers: &mut HeaderMap, body: &impl http_body::Body) {
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+    {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
+/// HTTP/2 lets a client split its cookies over several `cookie` fields;
+/// HTTP/1.1 allows one, so they are joined with `"; "` when the request goes
+/// on as HTTP/1.1 (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Each part was a valid header value, and so is "; " between them.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// The size of a request head as it would be on the wire, for the 431 limit.
 pub fn head_size(headers: &HeaderMap, uri_len: usize) -> usize {
     headers
@@ -183,6 +219,31 @@ impl ForwardedFor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_cookie_fields_become_one_header() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn a_body_of_unknown_length_is_sent_chunked() {
+        use crate::proxy::body;
+        let mut h = HeaderMap::new();
+        frame_body(&mut h, &body::empty());
+        assert!(!h.contains_key(header::TRANSFER_ENCODING));
+        let (_tx, streamed) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+        frame_body(&mut h, &streamed);
+        assert_eq!(h[header::TRANSFER_ENCODING], "chunked");
+        let mut with_length = HeaderMap::new();
+        with_length.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        frame_body(&mut with_length, &streamed);
+        assert!(!with_length.contains_key(header::TRANSFER_ENCODING));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

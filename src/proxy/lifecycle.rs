@@ -6,13 +6,14 @@
 //! ([`ProxyError::next`]), and held while no node may take it, up to
 //! `routing.primary_wait` from its arrival.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Request, Response, Version};
 
 use super::body::{self, ProxyBody};
 use super::classify::Class;
-use super::errors::{Next, ProxyError};
+use super::errors::{self, Next, ProxyError};
 use super::fence::Attempt;
 use super::forward::{self, LITEGATE_CONTENT_LENGTH};
 use super::headers::{LITEGATE_PRIMARY, LITEGATE_TERM, LITEGATE_TXID};
@@ -66,6 +67,7 @@ impl Proxy {
         let Prepared {
             mut parts,
             body,
+            progress,
             client_version,
             client_upgrade,
             ..
@@ -73,10 +75,12 @@ impl Proxy {
         respond::stamp_role(&mut parts.headers, &self.primary.current());
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
+        parts.extensions.insert(Arc::clone(&progress));
         let result = self
             .upstream
             .send(Request::from_parts(parts, body))
             .await
+            .map_err(|err| errors::blame_client_body(err, progress.fault()))
             .and_then(|resp| respond::relay(resp, client_upgrade, client_version, Origin::App));
         Outcome {
             class,
@@ -196,7 +200,7 @@ impl Proxy {
                         result: Ok(resp),
                     }
                 }
-                Err(error) => error,
+                Err(error) => errors::blame_client_body(error, prepared.progress.fault()),
             };
             match error.next() {
                 Next::Answer => {
@@ -266,6 +270,7 @@ impl Proxy {
         *req.uri_mut() = self.upstream.uri_for(parts.uri.path_and_query());
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = parts.headers.clone();
+        req.extensions_mut().insert(Arc::clone(&prepared.progress));
         let h = req.headers_mut();
         h.insert(
             super::headers::LITEGATE_ROLE,
@@ -306,8 +311,9 @@ impl Proxy {
             .get(target)
             .map(|p| p.cluster.clone())
             .unwrap_or_default();
-        let req =
+        let mut req =
             self.forwarded_request(&prepared.parts, cluster, &peer_addr, state, target, replay)?;
+        req.extensions_mut().insert(Arc::clone(&prepared.progress));
         let sent = Instant::now();
         let mut watch = self.primary.clone();
         let resp = if prepared.client_upgrade.is_some() {

@@ -47,7 +47,10 @@
 //!    class, and their duration to the response head.
 //!
 //! Bodies are streamed frame by frame in both directions, except a write's
-//! first 64 KiB, kept so a try that sent nothing can be made again.
+//! first 64 KiB, kept so a try that sent nothing can be made again. Each
+//! next piece of a client's body must come within
+//! `public.body_read_timeout` (`client_body.rs`); a body that stalls or is
+//! malformed fails its exchange and is answered as the client's fault.
 //!
 //! [`ProxyError`]: errors::ProxyError
 //! [`ProxyError::next`]: errors::ProxyError::next
@@ -55,6 +58,7 @@
 pub mod body;
 pub mod classify;
 pub mod client;
+pub mod client_body;
 pub mod errors;
 mod fence;
 mod forward;
@@ -133,6 +137,7 @@ pub struct Proxy {
     primary_wait: Duration,
     trusted_proxies: Vec<Cidr>,
     max_header_bytes: usize,
+    body_read_timeout: Duration,
 }
 
 /// A client request, checked and rewritten, ready to go to an app.
@@ -141,6 +146,9 @@ struct Prepared {
     needs_primary: bool,
     parts: Parts,
     body: ProxyBody,
+    /// How the client's body is doing, for the error of an exchange that
+    /// carried it.
+    progress: Arc<client_body::Progress>,
     client_version: Version,
     client_upgrade: Option<ClientUpgrade>,
     /// The client reached us over https (for the cookie's `Secure`).
@@ -190,6 +198,7 @@ impl Proxy {
             primary_wait: config.routing.primary_wait.get(),
             trusted_proxies: config.public.trusted_proxies.clone(),
             max_header_bytes: config.public.max_header_bytes,
+            body_read_timeout: config.public.body_read_timeout.get(),
         })
     }
 
@@ -278,6 +287,7 @@ impl Proxy {
         });
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
+        let (body, progress) = client_body::timed(body::stream(body), self.body_read_timeout);
         // Reading the body is the admission the sender waits for.
         let body = forward::admitted_body(&mut parts.headers, body).await?;
         // The sender already stripped the client's Litegate-* and
@@ -286,9 +296,11 @@ impl Proxy {
         // the same headers whichever node the client reached.
         headers::strip_litegate(&mut parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::frame_body(&mut parts.headers, &body);
         respond::stamp_role(&mut parts.headers, &self.primary.current());
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
+        parts.extensions.insert(Arc::clone(&progress));
         let attempt = Attempt::new(permit);
         match self
             .upstream
@@ -306,7 +318,7 @@ impl Proxy {
             }
             // Deposed before a byte left: the sender may re-route it.
             Err(ProxyError::Fenced) => Err(self.not_primary()),
-            Err(other) => Err(other.for_write()),
+            Err(other) => Err(errors::blame_client_body(other, progress.fault()).for_write()),
         }
     }
 
@@ -374,6 +386,11 @@ impl Proxy {
         // litegate answers `Expect: 100-continue` itself, when it reads the
         // body; the app gets the whole request.
         h.remove(header::EXPECT);
+        if client_version == Version::HTTP_2 {
+            headers::join_cookies(h);
+        }
+        let (body, progress) = client_body::timed(body::stream(body), self.body_read_timeout);
+        headers::frame_body(h, &body);
         ForwardedFor {
             client: conn.peer.ip().to_canonical(),
             trusted: conn.trusted,
@@ -391,7 +408,8 @@ impl Proxy {
             class,
             needs_primary: classification.needs_primary,
             parts,
-            body: body::stream(body),
+            body,
+            progress,
             client_version,
             client_upgrade,
             client_https,

@@ -51,7 +51,15 @@ pub fn relay(
         headers::strip_litegate(resp.headers_mut());
     }
     headers::strip_hop_by_hop(resp.headers_mut(), carried_upgrade);
-    *resp.version_mut() = client_version;
+    // hyper writes an HTTP/1.0 status line to an HTTP/1.0 client itself,
+    // and keeps that client's connection open (answering `Connection:
+    // keep-alive`) only if the client asked and the response is marked 1.1;
+    // one marked 1.0 would always close it.
+    *resp.version_mut() = if client_version == Version::HTTP_10 {
+        Version::HTTP_11
+    } else {
+        client_version
+    };
     Ok(resp.map(body::stream))
 }
 

@@ -34,9 +34,12 @@ use crate::shutdown::Shutdown;
 use super::body::{BoxError, ProxyBody};
 use super::ConnInfo;
 
-/// hyper's own limit on a request head; ours (`public.max_header_bytes`)
-/// sits below it so the 431 it causes carries `Litegate-Error`.
-const HYPER_DEFAULT_MAX_BUF: usize = 400 * 1024;
+/// hyper's buffer per HTTP/1 connection is `public.max_header_bytes` plus
+/// this: room above our limit, so the 431 it causes carries
+/// `Litegate-Error`. The same bound caps what hyper queues for a client
+/// that reads its response slowly (hyper's default, ~400 KiB, cost every
+/// slow reader that much).
+const HEAD_BUFFER_MARGIN: usize = 16 * 1024;
 
 /// After a silent connection is asked to close (HTTP/2: GOAWAY with
 /// NO_ERROR), how long it may take before it is dropped outright.
@@ -104,14 +107,14 @@ impl Listener {
             .timer(TokioTimer::new())
             .header_read_timeout(self.timeouts.head)
             .keep_alive(true)
-            .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(self.max_header_bytes + 16 * 1024));
+            .max_buf_size(self.max_header_bytes + HEAD_BUFFER_MARGIN);
         builder
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(self.timeouts.http2_keepalive_interval)
             .keep_alive_timeout(self.timeouts.http2_keepalive_timeout)
             .max_header_list_size(
-                u32::try_from(self.max_header_bytes + 16 * 1024).unwrap_or(u32::MAX),
+                u32::try_from(self.max_header_bytes + HEAD_BUFFER_MARGIN).unwrap_or(u32::MAX),
             );
         if self.http1_only {
             builder.http1_only()

@@ -115,7 +115,9 @@ impl WritePool {
             .set_nodelay(true)
             .map_err(|e| unreachable(e.into()))?;
         let slot = Arc::new(Slot::default());
-        let (sender, connection) = http1::handshake(FencedIo::new(stream, Arc::clone(&slot)))
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(super::client::APP_READ_BUFFER)
+            .handshake(FencedIo::new(stream, Arc::clone(&slot)))
             .await
             .map_err(|e| unreachable(e.into()))?;
         tokio::spawn(async move {
