@@ -361,7 +361,10 @@ impl ConnectionCaps {
             admin_max_connections = caps.admin,
             "file descriptor limit and connection caps"
         );
-        if caps.public < configured.public {
+        // Only a cap the operator chose is worth a warning; the default
+        // is meant to follow the descriptor limit.
+        let chosen = configured.public != crate::config::PublicConfig::default().max_connections;
+        if chosen && caps.public < configured.public {
             tracing::warn!(
                 configured = configured.public,
                 effective = caps.public,
