@@ -133,7 +133,8 @@ impl UpstreamClient {
         };
         match client_body::head_within(self.timeout, progress.as_deref(), exchange).await {
             Ok(result) => result,
-            Err(_) if attempt.sent() == Sent::Nothing => Err(ProxyError::UpstreamUnreachable(
+            // Given up first, so the connection cannot start on it later.
+            Err(_) if attempt.abandon() == Sent::Nothing => Err(ProxyError::UpstreamUnreachable(
                 format!("the app took no write within {:?}", self.timeout).into(),
             )),
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),

@@ -8,15 +8,15 @@
 //!
 //! Each connection carries one request at a time, bound to it as an
 //! [`Attempt`] by the write pool (`write_pool.rs`). The attempt records
-//! whether any byte of *that* request was written to the socket, so a
-//! failure says exactly whether the app can have seen it ([`Sent`]) —
+//! whether any byte of *that* request was handed to the socket, so a
+//! failure says whether the app can have seen it ([`Sent`]) —
 //! nothing is inferred from what the connection read. The fence bounds
 //! when bytes reach the app, not when the app commits them: a write whose
 //! last byte left before the permit lapsed is the app's to finish.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -30,28 +30,60 @@ use super::errors::Sent;
 use crate::primary::WritePermit;
 
 /// One request's try at the app, under its permit.
+///
+/// Its state moves by compare-and-swap from `FRESH`: to `WRITING` just
+/// before the first byte is handed to the socket (so "nothing written" is
+/// never claimed for a byte in flight), or to `ABANDONED` when the caller
+/// gives the try up, after which the connection writes nothing more of it.
 #[derive(Debug)]
 pub struct Attempt {
     permit: WritePermit,
-    written: AtomicBool,
+    state: AtomicU8,
     fenced: AtomicBool,
 }
+
+const FRESH: u8 = 0;
+const WRITING: u8 = 1;
+const ABANDONED: u8 = 2;
 
 impl Attempt {
     pub fn new(permit: WritePermit) -> Arc<Self> {
         Arc::new(Self {
             permit,
-            written: AtomicBool::new(false),
+            state: AtomicU8::new(FRESH),
             fenced: AtomicBool::new(false),
         })
     }
 
-    /// Whether any byte of this request reached the socket.
+    /// Whether any byte of this request may have reached the socket.
     pub fn sent(&self) -> Sent {
-        if self.written.load(Ordering::Acquire) {
+        if self.state.load(Ordering::Acquire) == WRITING {
             Sent::Maybe
         } else {
             Sent::Nothing
+        }
+    }
+
+    /// Gives the try up: from now on the connection writes nothing of it.
+    /// Returns what had been sent by then, exactly.
+    pub fn abandon(&self) -> Sent {
+        match self
+            .state
+            .compare_exchange(FRESH, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Sent::Nothing,
+            Err(_) => self.sent(),
+        }
+    }
+
+    /// Claims the right to put bytes on the socket; false once abandoned.
+    fn start_writing(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(FRESH, WRITING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(current) => current == WRITING,
         }
     }
 
@@ -108,18 +140,14 @@ impl FencedIo {
             .0
             .load_full()
             .ok_or_else(|| io::Error::other(Fenced))?;
-        if attempt.permit.holds(Instant::now()) {
-            Ok(attempt)
-        } else {
+        if !attempt.permit.holds(Instant::now()) {
             attempt.fenced.store(true, Ordering::Release);
-            Err(io::Error::other(Fenced))
+            return Err(io::Error::other(Fenced));
         }
-    }
-}
-
-fn note_written(attempt: &Attempt, result: &Poll<io::Result<usize>>) {
-    if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
-        attempt.written.store(true, Ordering::Release);
+        if !attempt.start_writing() {
+            return Err(io::Error::other(Fenced));
+        }
+        Ok(attempt)
     }
 }
 
@@ -139,10 +167,8 @@ impl Write for FencedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let attempt = self.admit_write()?;
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        note_written(&attempt, &result);
-        result
+        self.admit_write()?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -150,10 +176,8 @@ impl Write for FencedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let attempt = self.admit_write()?;
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        note_written(&attempt, &result);
-        result
+        self.admit_write()?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -166,5 +190,36 @@ impl Write for FencedIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primary::{PrimaryCell, PrimaryState, Role};
+
+    fn attempt() -> Arc<Attempt> {
+        let cell = PrimaryCell::new(PrimaryState {
+            role: Role::Primary,
+            term: 1,
+            primary: Some(Arc::from("a")),
+            lease_deadline: None,
+        });
+        Attempt::new(cell.watch().permit(None).expect("primary"))
+    }
+
+    /// A try given up before its first byte stays unsent: the connection
+    /// may not start on it afterwards (a timeout racing the first write).
+    #[test]
+    fn an_abandoned_attempt_never_starts_writing() {
+        let given_up = attempt();
+        assert_eq!(given_up.abandon(), Sent::Nothing);
+        assert!(!given_up.start_writing());
+        assert_eq!(given_up.sent(), Sent::Nothing);
+
+        let started = attempt();
+        assert!(started.start_writing());
+        assert_eq!(started.abandon(), Sent::Maybe, "too late to give it up");
+        assert!(started.start_writing(), "the rest of it may follow");
     }
 }

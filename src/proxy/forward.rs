@@ -18,7 +18,7 @@
 //! when nothing reached its app.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -46,29 +46,46 @@ pub const LITEGATE_CONTENT_LENGTH: HeaderName = HeaderName::from_static("litegat
 const BODY_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether the receiving litegate admitted the write.
+///
+/// One state, changed only by compare-and-swap from `PENDING`: either the
+/// `100` arrives first and the body may go, or this node gives the write up
+/// first and the body never goes, even if a `100` is read afterwards (hyper
+/// may still poll the body after the exchange was dropped).
 #[derive(Default)]
 struct Gate {
-    admitted: AtomicBool,
-    /// The peer answered without admitting: the body is never to go.
-    closed: AtomicBool,
+    state: AtomicU8,
     body_waker: AtomicWaker,
     admission: Notify,
 }
 
+const PENDING: u8 = 0;
+const ADMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 impl Gate {
     fn admit(&self) {
-        self.admitted.store(true, Ordering::Release);
-        self.body_waker.wake();
-        self.admission.notify_one();
+        if self.settle(ADMITTED) {
+            self.body_waker.wake();
+            self.admission.notify_one();
+        }
     }
 
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Gives the write up unless it was admitted first; true if given up,
+    /// i.e. no byte of the body can ever leave.
+    fn abandon(&self) -> bool {
+        let given_up = self.settle(ABANDONED) || self.state.load(Ordering::Acquire) == ABANDONED;
         self.body_waker.wake();
+        given_up
+    }
+
+    fn settle(&self, to: u8) -> bool {
+        self.state
+            .compare_exchange(PENDING, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn is_admitted(&self) -> bool {
-        self.admitted.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == ADMITTED
     }
 }
 
@@ -86,16 +103,12 @@ impl Body for GatedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if !self.gate.is_admitted() {
-            self.gate.body_waker.register(cx.waker());
-            if self.gate.closed.load(Ordering::Acquire) {
-                return Poll::Ready(Some(Err("the primary did not admit the write".into())));
-            }
-            if !self.gate.is_admitted() {
-                return Poll::Pending;
-            }
+        self.gate.body_waker.register(cx.waker());
+        match self.gate.state.load(Ordering::Acquire) {
+            ADMITTED => Pin::new(&mut self.inner).poll_frame(cx),
+            ABANDONED => Poll::Ready(Some(Err("the primary did not admit the write".into()))),
+            _ => Poll::Pending,
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -157,14 +170,16 @@ pub async fn send(
             result = &mut exchange => return answered(result, &gate),
             () = gate.admission.notified() => {}
             changed = watch.changed_before(deadline) => {
-                if gate.is_admitted() {
-                    break;
-                }
-                if !changed {
-                    return Err(ProxyError::PeerLost("the primary did not admit the write in time".into()));
-                }
-                if !still_routed_here(&watch.current()) {
-                    return Err(ProxyError::PeerLost("the primary changed before it admitted the write".into()));
+                let reason = if !changed {
+                    "the primary did not admit the write in time"
+                } else if !still_routed_here(&watch.current()) {
+                    "the primary changed before it admitted the write"
+                } else {
+                    continue;
+                };
+                // Admitted meanwhile: the write is the primary's now.
+                if gate.abandon() {
+                    return Err(ProxyError::PeerLost(reason.into()));
                 }
             }
         }
@@ -182,14 +197,13 @@ fn answered(
 ) -> Result<Response<Incoming>, ProxyError> {
     match result {
         Ok(resp) => {
-            if !gate.is_admitted() {
-                gate.close();
-            }
+            // Answered without admission (a refusal): the body never goes.
+            gate.abandon();
             Ok(resp)
         }
         Err(e) if e.is_connect() => Err(ProxyError::PeerUnreachable(e.into())),
-        Err(e) if gate.is_admitted() => Err(ProxyError::UpstreamBroken(e.into())),
-        Err(e) => Err(ProxyError::PeerLost(e.into())),
+        Err(e) if gate.abandon() => Err(ProxyError::PeerLost(e.into())),
+        Err(e) => Err(ProxyError::UpstreamBroken(e.into())),
     }
 }
 
@@ -397,6 +411,27 @@ mod tests {
         })
         .await;
         (result, receiver.await.unwrap())
+    }
+
+    /// Giving a write up and the `100` arriving race: exactly one wins, and
+    /// the body goes only if admission won.
+    #[test]
+    fn admission_and_abandoning_exclude_each_other() {
+        let gate = Gate::default();
+        assert!(gate.abandon());
+        gate.admit();
+        assert!(
+            !gate.is_admitted(),
+            "a 100 read after giving up opens nothing"
+        );
+
+        let gate = Gate::default();
+        gate.admit();
+        assert!(
+            !gate.abandon(),
+            "admitted first: the write is the primary's"
+        );
+        assert!(gate.is_admitted());
     }
 
     #[tokio::test]

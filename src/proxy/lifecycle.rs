@@ -96,12 +96,16 @@ impl Proxy {
         let class = prepared.class;
         let deadline = super::deadline_after(started, self.primary_wait);
         let mut watch = self.primary.clone();
+        // Waits below are for changes after this point.
+        watch.mark_seen();
         // The body, from the first try on: kept so that a try that sent
         // nothing can be made again.
         let replay = ReplayBody::new(std::mem::replace(&mut prepared.body, body::empty()));
         let mut hint: Option<Hint> = None;
         let mut tries = 0u32;
         let mut last_error: Option<ProxyError> = None;
+        // Every route tried so far: going back to one waits first.
+        let mut routes_tried: Vec<Route> = Vec::new();
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -109,7 +113,7 @@ impl Proxy {
             }
             let state = watch.current();
             let route = route::route(true, &state, now, &self.me, self.on_replica, hint.as_ref());
-            let tried = route.clone();
+            routes_tried.push(route.clone());
             let (recorded, result) = match route {
                 Route::Hold => {
                     watch
@@ -146,8 +150,10 @@ impl Proxy {
                     if tries > 0 && !replay.can_replay() {
                         return Outcome::rejected(class, ProxyError::PrimaryMovedMidSend);
                     }
-                    // Read before the permit is taken, so a slow client
-                    // never holds one (nor a Raft handoff's drain).
+                    // A small body is read before the permit is taken, so a
+                    // slow client sending one never holds a permit (nor a
+                    // Raft handoff's drain); a larger one streams under it,
+                    // each piece bounded by `public.body_read_timeout`.
                     let body = match small_body(&prepared.parts.headers, &replay).await {
                         Ok(body) => body,
                         Err(err) => return Outcome::rejected(class, err),
@@ -177,6 +183,12 @@ impl Proxy {
                     if tries > 0 && !replay.can_replay() {
                         return Outcome::rejected(class, ProxyError::PrimaryMovedMidSend);
                     }
+                    // Read first here too: the primary admits the write (and
+                    // holds a permit) only once it is sent.
+                    let body = match small_body(&prepared.parts.headers, &replay).await {
+                        Ok(body) => body,
+                        Err(err) => return Outcome::rejected(class, err),
+                    };
                     tries += 1;
                     let result = self
                         .forward_once(
@@ -184,7 +196,7 @@ impl Proxy {
                             cluster,
                             &state,
                             &target,
-                            &replay,
+                            body,
                             deadline,
                             &mut hint,
                         )
@@ -214,9 +226,10 @@ impl Proxy {
                     tracing::debug!(%error, "nothing of the write was sent; routing it again");
                     metrics::count_forward_retry();
                     last_error = Some(error);
-                    // At once where the route has moved (a new primary, a
-                    // hint); the same route again only after a pause or a
-                    // change, so a confused pair of nodes cannot spin.
+                    // At once to a route not tried yet (a new primary, a
+                    // hint); back to one already tried only after a pause
+                    // or a change, so nodes that point at each other
+                    // cannot spin.
                     let now = Instant::now();
                     let next = route::route(
                         true,
@@ -226,7 +239,7 @@ impl Proxy {
                         self.on_replica,
                         hint.as_ref(),
                     );
-                    if next == tried {
+                    if routes_tried.contains(&next) {
                         watch.changed_before(deadline.min(now + RETRY_PAUSE)).await;
                     }
                 }
@@ -302,7 +315,7 @@ impl Proxy {
         cluster: &Cluster,
         state: &PrimaryState,
         target: &str,
-        replay: &ReplayBody,
+        body: ProxyBody,
         deadline: Instant,
         hint: &mut Option<Hint>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -312,7 +325,7 @@ impl Proxy {
             .map(|p| p.cluster.clone())
             .unwrap_or_default();
         let mut req =
-            self.forwarded_request(&prepared.parts, cluster, &peer_addr, state, target, replay)?;
+            self.forwarded_request(&prepared.parts, cluster, &peer_addr, state, target, body)?;
         req.extensions_mut().insert(Arc::clone(&prepared.progress));
         let sent = Instant::now();
         let mut watch = self.primary.clone();
@@ -347,13 +360,15 @@ impl Proxy {
         if respond::is_not_primary(&resp) {
             let term = header_u64(resp.headers(), &LITEGATE_TERM).unwrap_or(0);
             let primary = header_str(resp.headers(), &LITEGATE_PRIMARY).map(str::to_owned);
-            if let Some(primary) = &primary {
+            // A refusal that names nobody leaves no hint: this node's own
+            // view decides the next try.
+            *hint = primary.as_ref().map(|primary| {
                 self.source.observe(term, primary);
-                *hint = Some(Hint {
+                Hint {
                     term,
                     primary: primary.clone(),
-                });
-            }
+                }
+            });
             tracing::debug!(peer = %target, "the peer is not the primary at our term; re-routing");
             return Err(ProxyError::NotPrimary { term, primary });
         }
@@ -382,10 +397,10 @@ impl Proxy {
         peer_addr: &str,
         state: &PrimaryState,
         target: &str,
-        replay: &ReplayBody,
+        body: ProxyBody,
     ) -> Result<Request<ProxyBody>, ProxyError> {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut req = Request::new(replay.attempt());
+        let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = cluster.client.uri(peer_addr, path_and_query)?;
         *req.version_mut() = Version::HTTP_11;

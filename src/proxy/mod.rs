@@ -26,7 +26,9 @@
 //! 4. **Permit** (`primary::WritePermit`). A write this node's app takes
 //!    needs a permit: this node is the primary at a term, inside its lease,
 //!    and counted for a Raft handoff's drain. Taken after a small body was
-//!    read in full, so a slow client never holds one.
+//!    read in full, so a slow client sending one never holds a permit (a
+//!    larger body streams under it, each piece bounded by
+//!    `public.body_read_timeout`).
 //! 5. **Send**. Reads: the pooled client (`client.rs`). Writes to this
 //!    node's app: the write pool (`write_pool.rs`), whose connections are
 //!    fenced by the permit before every socket write and record whether

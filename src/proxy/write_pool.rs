@@ -75,7 +75,7 @@ impl WritePool {
                 self.recycle_when_done(conn);
                 Ok(resp)
             }
-            Err(error) => Err(match attempt.sent() {
+            Err(error) => Err(match attempt.abandon() {
                 Sent::Nothing if attempt.was_fenced() => ProxyError::Fenced,
                 // A pooled connection the app had closed, found out before
                 // a byte of this request left.
