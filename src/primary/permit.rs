@@ -3,7 +3,7 @@
 //! (`proxy/fence.rs`) asks it again before every socket write of that
 //! request.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::write_gate::GatePass;
@@ -17,7 +17,9 @@ use super::PrimaryCell;
 pub struct WritePermit {
     term: u64,
     cell: Arc<PrimaryCell>,
-    _in_flight: Option<GatePass>,
+    /// This write's place in the count a Raft handoff drains, until the
+    /// app has answered it.
+    in_flight: Mutex<Option<GatePass>>,
 }
 
 impl WritePermit {
@@ -25,8 +27,18 @@ impl WritePermit {
         Self {
             term,
             cell,
-            _in_flight: in_flight,
+            in_flight: Mutex::new(in_flight),
         }
+    }
+
+    /// The app has answered: a handoff need not wait for the rest of the
+    /// exchange (a response body read at the client's pace). The permit
+    /// still fences whatever of the request is left to write.
+    pub fn answered(&self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     pub fn term(&self) -> u64 {
@@ -36,5 +48,33 @@ impl WritePermit {
     pub fn holds(&self, now: Instant) -> bool {
         let state = self.cell.current();
         state.term == self.term && state.may_write(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::write_gate::WriteGate;
+    use super::super::{PrimaryState, Role};
+    use super::*;
+
+    #[test]
+    fn an_answered_write_leaves_the_drain_count_but_stays_fenced() {
+        let gate = Arc::new(WriteGate::default());
+        let cell = PrimaryCell::new(PrimaryState {
+            role: Role::Primary,
+            term: 4,
+            primary: Some(Arc::from("a")),
+            lease_deadline: None,
+        });
+        let permit = cell.watch().permit(gate.enter()).expect("primary");
+        assert_eq!(gate.in_flight(), 1);
+        permit.answered();
+        assert_eq!(gate.in_flight(), 0, "a handoff need not wait for it");
+        assert!(permit.holds(Instant::now()));
+        cell.publish(PrimaryState {
+            role: Role::Replica,
+            ..(*cell.current()).clone()
+        });
+        assert!(!permit.holds(Instant::now()), "still fenced");
     }
 }

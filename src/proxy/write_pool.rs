@@ -72,6 +72,7 @@ impl WritePool {
         conn.slot.bind(Arc::clone(attempt));
         match conn.sender.send_request(req).await {
             Ok(resp) => {
+                attempt.permit().answered();
                 self.recycle_when_done(conn);
                 Ok(resp)
             }
