@@ -4,12 +4,14 @@ loopback."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -437,3 +439,138 @@ def start_litefs_cluster(
         wait_for_port(node.public_port, node.proc)
         wait_for_port(node.cluster_port, node.proc)
     return nodes
+
+
+# --- TCP relays, for cutting links in tests ----------------------------------
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def connect_in_netns(netns: str | None, port: int, timeout: float = 2.0) -> socket.socket:
+    """A TCP connection to 127.0.0.1:port inside `netns` (None: here). A
+    socket belongs to the namespace of the thread that created it, and
+    setns(CLONE_NEWNET) moves only the calling thread, so a short-lived
+    thread joins the namespace, connects, and ends."""
+    if netns is None:
+        return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result["sock"] = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout + 5)
+    if "sock" in result:
+        return result["sock"]
+    raise result.get("error") or OSError(f"connecting into {netns} did not finish")
+
+
+class TcpRelay:
+    """Relays connections to a loopback port of its own to
+    127.0.0.1:target in `netns` (or here); while `target` is None it
+    refuses them. `cut()` breaks every relayed connection and refuses new
+    ones until `restore()`; `close()` ends it."""
+
+    def __init__(self, target: int | None, netns: str | None = None, when_down: bytes | None = None):
+        self.netns = netns
+        self.target = target
+        # What a client that connected while nothing listened behind the
+        # relay gets instead of a closed connection (a direct client would
+        # have been refused).
+        self.when_down = when_down
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                refuse = self._cut or self._closed or self.target is None
+            if refuse:
+                inbound.close()
+                continue
+            try:
+                outbound = connect_in_netns(self.netns, self.target)
+                outbound.settimeout(None)
+            except OSError:
+                if self.when_down is None:
+                    inbound.close()
+                else:
+                    threading.Thread(target=self._answer_down, args=(inbound,), daemon=True).start()
+                continue
+            with self._lock:
+                if self._cut or self._closed:
+                    inbound.close()
+                    outbound.close()
+                    continue
+                self._open += [inbound, outbound]
+            for a, b in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _answer_down(self, inbound: socket.socket) -> None:
+        # Answer, then read until the client closes, so no unread request
+        # byte turns the close into a reset that loses the answer.
+        try:
+            inbound.settimeout(5)
+            inbound.sendall(self.when_down)
+            while inbound.recv(65536):
+                pass
+        except OSError:
+            pass
+        inbound.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._lock:
+            for s in (src, dst):
+                if s in self._open:
+                    self._open.remove(s)
+                    s.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            for s in self._open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.listener.close()
+        self.cut()

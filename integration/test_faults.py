@@ -50,13 +50,11 @@ passed on to the nodes, whose logs are in the test's tmp dir.
 from __future__ import annotations
 
 import collections
-import ctypes
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -64,14 +62,23 @@ import time
 
 import httpx
 
-from harness import INTEGRATION, Proc, Procs, free_port, litegate_bin, wait_until, write_secret
+from harness import (
+    INTEGRATION,
+    Proc,
+    Procs,
+    TcpRelay,
+    connect_in_netns,
+    free_port,
+    litegate_bin,
+    wait_until,
+    write_secret,
+)
 
 WRITE_APP = INTEGRATION / "fixtures" / "write_app.py"
 NODES = 3
 WRITERS = 6
 CLIENT_TIMEOUT = 25.0  # above the longest litegate answer: upstream.timeout (3 s) + 5 s, or primary_wait
 CONFIG_EXTRA = '[routing]\nprimary_wait = "3s"\n'
-CLONE_NEWNET = 0x40000000
 # The test relay's answer to a client while the node's litegate is down: the
 # write reached no litegate, so no app can have it.
 NODE_DOWN_STATUS = 599
@@ -80,39 +87,6 @@ NODE_DOWN = (f"HTTP/1.1 {NODE_DOWN_STATUS} Node Down\r\nContent-Length: 0\r\nCon
 
 
 # --- Reaching into network namespaces ----------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def connect_in_netns(netns: str | None, port: int, timeout: float = 2.0) -> socket.socket:
-    """A TCP connection to 127.0.0.1:port inside `netns` (None: here). A
-    socket belongs to the namespace of the thread that created it, and
-    setns(CLONE_NEWNET) moves only the calling thread, so a short-lived
-    thread joins the namespace, connects, and ends."""
-    if netns is None:
-        return socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result["sock"] = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        except OSError as e:
-            result["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout + 5)
-    if "sock" in result:
-        return result["sock"]
-    raise result.get("error") or OSError(f"connecting into {netns} did not finish")
-
 
 def wait_for_port_in(netns: str | None, port: int, proc: Proc, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
@@ -125,104 +99,6 @@ def wait_for_port_in(netns: str | None, port: int, proc: Proc, timeout: float = 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} in {netns or 'this namespace'} after {timeout}s")
-
-
-class Relay:
-    """Relays connections to a root-namespace loopback port to
-    127.0.0.1:target in `netns` (or here). `cut()` breaks every relayed
-    connection and refuses new ones until `restore()`; `close()` ends it."""
-
-    def __init__(self, netns: str | None, target: int, when_down: bytes | None = None):
-        self.netns = netns
-        self.target = target
-        # What a client that connected while nothing listened behind the
-        # relay gets instead of a closed connection (a direct client would
-        # have been refused).
-        self.when_down = when_down
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        self._cut = False
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                inbound, _ = self.listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                refuse = self._cut or self._closed
-            if refuse:
-                inbound.close()
-                continue
-            try:
-                outbound = connect_in_netns(self.netns, self.target)
-                outbound.settimeout(None)
-            except OSError:
-                if self.when_down is None:
-                    inbound.close()
-                else:
-                    threading.Thread(target=self._answer_down, args=(inbound,), daemon=True).start()
-                continue
-            with self._lock:
-                if self._cut or self._closed:
-                    inbound.close()
-                    outbound.close()
-                    continue
-                self._open += [inbound, outbound]
-            for a, b in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _answer_down(self, inbound: socket.socket) -> None:
-        # Answer, then read until the client closes, so no unread request
-        # byte turns the close into a reset that loses the answer.
-        try:
-            inbound.settimeout(5)
-            inbound.sendall(self.when_down)
-            while inbound.recv(65536):
-                pass
-        except OSError:
-            pass
-        inbound.close()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        with self._lock:
-            for s in (src, dst):
-                if s in self._open:
-                    self._open.remove(s)
-                    s.close()
-
-    def cut(self) -> None:
-        with self._lock:
-            self._cut = True
-            for s in self._open:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def restore(self) -> None:
-        with self._lock:
-            self._cut = False
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self.listener.close()
-        self.cut()
 
 
 # --- The network: namespaces, or relays as a fallback -----------------------
@@ -367,7 +243,7 @@ class RelayNet:
 
     def peer_port(self, i: int, port: int) -> int:
         if self.relays[i] is None:
-            self.relays[i] = Relay(None, port)
+            self.relays[i] = TcpRelay(port)
         return self.relays[i].port
 
     def partitions(self) -> list[str]:
@@ -405,7 +281,7 @@ class FaultNode:
         self.relays: list[Relay] = []
 
     def relay(self, port: int, when_down: bytes | None = None) -> str:
-        r = Relay(self.netns, port, when_down)
+        r = TcpRelay(port, netns=self.netns, when_down=when_down)
         self.relays.append(r)
         return f"http://127.0.0.1:{r.port}"
 

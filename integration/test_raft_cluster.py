@@ -5,7 +5,6 @@ upstream, whose /journal records every write it takes with the
 so the tests can order writes across nodes and check fencing."""
 
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -13,7 +12,16 @@ import time
 import httpx
 import pytest
 
-from harness import INTEGRATION, leader_of, litegate_bin, restart, start_raft_cluster, wait_for_port, wait_until
+from harness import (
+    INTEGRATION,
+    TcpRelay,
+    leader_of,
+    litegate_bin,
+    restart,
+    start_raft_cluster,
+    wait_for_port,
+    wait_until,
+)
 
 FIXTURES = INTEGRATION / "fixtures"
 
@@ -345,73 +353,6 @@ def test_role_file_hooks_and_exec_if_primary(procs, apps, tmp_path):
 SLOW_ELECTIONS = 'heartbeat = "50ms"\nelection_timeout = ["1s", "2s"]\n'
 
 
-class Cutoff:
-    """A TCP relay the other nodes reach one node's cluster listener
-    through, which can cut that node off from their messages while its own
-    requests (and the answers to them) still flow: a one-way partition."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.target: int | None = None
-        self.cut = threading.Event()
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.cut.is_set() or self.target is None:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut_off(self):
-        self.cut.set()
-        with self._lock:
-            for sock in self._open:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-            self._open.clear()
-
-    def restore(self):
-        self.cut.clear()
-
-    def close(self):
-        self.listener.close()
-        self.cut_off()
-
-
 def start_again(procs, node, label: str) -> None:
     node.proc = procs.litegate(f"{node.name}-{label}", ["run", "--config", str(node.config_path)], env=node.env)
     wait_for_port(node.public_port, node.proc)
@@ -433,7 +374,7 @@ def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_run
     follower R killed and started again, so it forgot it acknowledged L.
     If R votes for C at once, C leads a new term and takes writes while L,
     woken inside its lease, still admits the writes queued for it."""
-    cutoff = Cutoff()
+    cutoff = TcpRelay(None)
     nodes = start_raft_cluster(procs, apps, extra=SLOW_ELECTIONS, reached_at={"node-3": cutoff.port})
     challenger = nodes[2]
     cutoff.target = challenger.cluster_port
@@ -453,7 +394,7 @@ def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_run
                 leader = leader_of(nodes, timeout=20)
             restarted = next(n for n in nodes if n is not leader and n is not challenger)
             time.sleep(0.3)
-            cutoff.cut_off()
+            cutoff.cut()
             # Past its lease (2 s) and election timeout (up to 2 s).
             time.sleep(4.3)
             leader.proc.signal(signal.SIGSTOP)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import httpx
 
 from harness import (
     INTEGRATION,
+    TcpRelay,
     free_port,
     leader_of,
     litegate_bin,
@@ -71,64 +71,6 @@ def assert_only_litegate_speaks(resp: httpx.Response, served_by: str) -> None:
     headers = litegate_headers(resp)
     assert headers.get("litegate-served-by", served_by) == served_by, headers
     assert set(headers) <= {"litegate-served-by"}, f"app-set Litegate-* headers reached the client: {headers}"
-
-
-class TcpRelay:
-    """Relays loopback TCP connections to `target_port` until closed; then
-    the connections are cut and new ones refused."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.listener]
-        self.lock = threading.Lock()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                inbound, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                outbound = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-                outbound.settimeout(None)
-            except OSError:
-                inbound.close()
-                continue
-            with self.lock:
-                if self.closed:
-                    inbound.close()
-                    outbound.close()
-                    return
-                self.sockets += [inbound, outbound]
-            for a, b in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
 
 
 def is_2xx(status) -> bool:
