@@ -5,6 +5,9 @@ worker_processes 1; HAProxy: nbthread 1), pinned to core 1; the load tools
 and the upstream share core 0. Access logs are off everywhere; nginx and
 HAProxy keep connections to the upstream alive, as litegate does. Each
 measurement is repeated in alternation (A B C D A B C D) so drift shows.
+The scaling row runs each proxy again with two workers on cores 1 and 2
+(load and upstream on the others); a machine with fewer than 4 cores runs
+them on cores 0 and 1, shared with the load, and says so.
 
 Measures, for direct / litegate / nginx / HAProxy:
 - peak requests/s for GET at 1, 32 and 256 connections (wrk);
@@ -12,7 +15,11 @@ Measures, for direct / litegate / nginx / HAProxy:
   corrected for coordinated omission);
 - the forwarded write (litegate replica -> litegate primary -> app) against
   nginx doing the same two hops, and a local read for scale;
-- resident memory idle and with 1,000 and 10,000 idle keep-alive clients.
+- resident memory idle and with 1,000 and 10,000 idle keep-alive clients;
+- two workers against one (peak GET at 256 connections);
+- HTTP/2 clients (h2load, h2c prior knowledge, 32 connections x 10 streams);
+- TLS clients (wrk over https, 32 keep-alive connections, ECDSA P-256).
+Every row prints litegate's ratio to nginx and to HAProxy, and the goal.
 
 Writes target/bench/compare.{txt,csv,json} and target/bench/latency.png.
 """
@@ -39,10 +46,18 @@ LITEGATE = RELEASE / "litegate"
 UPSTREAM = RELEASE / "examples" / "bench-upstream"
 LOAD = RELEASE / "examples" / "bench-load"
 PROXY_CORE, LOAD_CORE = "1", "0"
+CPUS = os.cpu_count() or 1
+# Two workers need two cores of their own; on a 2-core machine they share
+# both with the load tools and the upstream, which understates the scaling.
+if CPUS >= 4:
+    SCALE_CORES, SCALE_LOAD_CORES, SCALE_SHARED = "1,2", ",".join(["0", *map(str, range(3, CPUS))]), False
+else:
+    SCALE_CORES, SCALE_LOAD_CORES, SCALE_SHARED = "0,1", "0,1", True
 NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 # HAProxy reserves about two descriptors per connection (client and server).
 MAXCONN = max(1000, NOFILE // 2 - 20)
 TARGETS = ["direct", "litegate", "nginx", "haproxy"]
+PROXIES = ["litegate", "nginx", "haproxy"]
 
 
 def free_port() -> int:
@@ -100,12 +115,19 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-def nginx_conf(tmp: Path, name: str, port: int, upstream: int) -> Path:
+def nginx_conf(tmp: Path, name: str, port: int, upstream: int, workers: int = 1, h2c: int | None = None,
+               tls: tuple[int, Path, Path] | None = None) -> Path:
     d = tmp / name
     d.mkdir()
     conf = d / "nginx.conf"
+    extra = ""
+    if h2c:
+        extra += f"    listen 127.0.0.1:{h2c} http2;\n"
+    if tls:
+        extra += (f"    listen 127.0.0.1:{tls[0]} ssl;\n    ssl_certificate {tls[1]};\n"
+                  f"    ssl_certificate_key {tls[2]};\n")
     conf.write_text(f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -120,7 +142,7 @@ http {{
   upstream app {{ server 127.0.0.1:{upstream}; keepalive 1024; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{port} backlog=8192;
-    location / {{
+{extra}    location / {{
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -136,11 +158,17 @@ http {{
     return conf
 
 
-def haproxy_conf(tmp: Path, port: int, upstream: int) -> Path:
-    conf = tmp / "haproxy.cfg"
+def haproxy_conf(tmp: Path, port: int, upstream: int, threads: int = 1, h2c: int | None = None,
+                 tls: tuple[int, Path] | None = None, name: str = "haproxy") -> Path:
+    conf = tmp / f"{name}.cfg"
+    binds = f"  bind 127.0.0.1:{port}\n"
+    if h2c:
+        binds += f"  bind 127.0.0.1:{h2c} proto h2\n"
+    if tls:
+        binds += f"  bind 127.0.0.1:{tls[0]} ssl crt {tls[1]} alpn http/1.1\n"
     conf.write_text(f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn {MAXCONN}
 defaults
   mode http
@@ -152,8 +180,7 @@ defaults
   option forwardfor
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{port}
-  maxconn {MAXCONN}
+{binds}  maxconn {MAXCONN}
   default_backend app
 backend app
   server app 127.0.0.1:{upstream} maxconn 10000
@@ -161,14 +188,49 @@ backend app
     return conf
 
 
-def wrk(port: int, conns: int, seconds: float) -> float:
+def wrk(port: int, conns: int, seconds: float, scheme: str = "http", cores: str = LOAD_CORE, threads: int = 1) -> float:
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", f"http://127.0.0.1:{port}/bench"],
+        ["taskset", "-c", cores, "wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s",
+         f"{scheme}://127.0.0.1:{port}/bench"],
         capture_output=True, text=True, check=True,
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         print(f"    wrk reported errors on :{port}:\n{out}", file=sys.stderr)
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def h2load(port: int, conns: int, streams: int, seconds: float) -> float:
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "h2load", "-t1", f"-c{conns}", f"-m{streams}", "-D", str(max(1, round(seconds))),
+         f"http://127.0.0.1:{port}/bench"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not m or int(m.group(2)) or int(m.group(3)):
+        print(f"    h2load reported failures on :{port}:\n{out}", file=sys.stderr)
+    return float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path, Path]:
+    """An ECDSA P-256 certificate for 127.0.0.1 and its key; the third file
+    is both in one, which HAProxy wants."""
+    cert, key, both = tmp / "cert.pem", tmp / "key.pem", tmp / "both.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    both.write_text(cert.read_text() + key.read_text())
+    return cert, key, both
+
+
+def alternate(targets: dict, rounds: int, measure) -> dict:
+    """Each target measured `rounds` times, in alternation, after a warm-up."""
+    for port in targets.values():
+        measure(port, 2)
+    per = {t: [] for t in targets}
+    for _ in range(rounds):
+        for t, port in targets.items():
+            per[t].append(measure(port, None))
+    return per
 
 
 def load_rate(port: int, rate: float, conns: int, seconds: float, method: str = "GET") -> dict:
@@ -203,7 +265,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="litegate-compare-"))
     procs = Procs()
-    results: dict = {"peak": {}, "latency": {}, "forward": {}, "memory": {}, "rounds": {}}
+    results: dict = {"peak": {}, "latency": {}, "forward": {}, "memory": {}, "scaling": {}, "h2": {}, "tls": {},
+                     "rounds": {}}
     try:
         up = free_port()
         procs.start([UPSTREAM, "--listen", f"127.0.0.1:{up}", "--threads", "1"], LOAD_CORE)
@@ -214,9 +277,25 @@ def main() -> None:
             [LITEGATE, "dev", "--upstream", f"http://127.0.0.1:{up}", "--listen", f"127.0.0.1:{ports['litegate']}",
              "--admin", f"127.0.0.1:{free_port()}"], PROXY_CORE,
             env={"TOKIO_WORKER_THREADS": "1", "LITEGATE_LOG": "warn"}).pid
-        pids["nginx"] = procs.start(["nginx", "-c", nginx_conf(tmp, "nginx", ports["nginx"], up)], PROXY_CORE).pid
-        pids["haproxy"] = procs.start(["haproxy", "-db", "-f", haproxy_conf(tmp, ports["haproxy"], up)],
+        # HTTP/2 (h2c prior knowledge) and TLS: litegate serves h2c on its
+        # one port; nginx and HAProxy get a port for each.
+        h2c = {"litegate": ports["litegate"], "nginx": free_port(), "haproxy": free_port()}
+        cert, key, both = self_signed(tmp)
+        tls = {t: free_port() for t in PROXIES}
+        tls_cfg = tmp / "litegate-tls.toml"
+        tls_cfg.write_text(f'[primary]\nmode = "dev"\n[public]\nlisten = "127.0.0.1:{tls["litegate"]}"\n'
+                           f'tls_cert = "{cert}"\ntls_key = "{key}"\n[upstream]\nurl = "http://127.0.0.1:{up}"\n'
+                           f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n')
+        procs.start([LITEGATE, "run", "--config", tls_cfg], PROXY_CORE,
+                    env={"TOKIO_WORKER_THREADS": "1", "LITEGATE_LOG": "warn"})
+        pids["nginx"] = procs.start(["nginx", "-c", nginx_conf(tmp, "nginx", ports["nginx"], up, h2c=h2c["nginx"],
+                                                               tls=(tls["nginx"], cert, key))], PROXY_CORE).pid
+        pids["haproxy"] = procs.start(["haproxy", "-db", "-f", haproxy_conf(tmp, ports["haproxy"], up, h2c=h2c["haproxy"],
+                                                                           tls=(tls["haproxy"], both))],
                                       PROXY_CORE).pid
+        for t in PROXIES:
+            wait_port(tls[t])
+            wait_port(h2c[t])
         for t in TARGETS:
             wait_port(ports[t])
         time.sleep(1)
@@ -304,6 +383,66 @@ def main() -> None:
             m = results["memory"][t]
             print(f"  {t:<9} idle {m['idle'] / 1024:6.1f} MiB  {m['held1000']} conns {m[1000] / 1024:6.1f} MiB"
                   f"  {m['held10000']} conns {m[10000] / 1024:6.1f} MiB")
+
+        print(f"HTTP/2 clients: h2load, 32 connections x 10 streams, {args.seconds}s each")
+        per = {t: [] for t in PROXIES}
+        for t in PROXIES:
+            h2load(h2c[t], 32, 10, 2)
+        for _ in range(args.rounds):
+            for t in PROXIES:
+                per[t].append(h2load(h2c[t], 32, 10, args.seconds))
+        for t in PROXIES:
+            results["h2"][t] = sum(per[t]) / len(per[t])
+            results["rounds"][f"h2/{t}"] = per[t]
+        print("  " + "  ".join(f"{t} {results['h2'][t]:,.0f}" for t in PROXIES))
+
+        print(f"TLS clients: wrk over https, 32 keep-alive connections, {args.seconds}s each")
+        per = {t: [] for t in PROXIES}
+        for t in PROXIES:
+            wrk(tls[t], 32, 2, scheme="https")
+        for _ in range(args.rounds):
+            for t in PROXIES:
+                per[t].append(wrk(tls[t], 32, args.seconds, scheme="https"))
+        for t in PROXIES:
+            results["tls"][t] = sum(per[t]) / len(per[t])
+            results["rounds"][f"tls/{t}"] = per[t]
+        print("  " + "  ".join(f"{t} {results['tls'][t]:,.0f}" for t in PROXIES))
+
+        # Two workers against one, each measured here on the same cores and
+        # with the same load, so only the worker count differs.
+        print(f"two workers against one: peak GET, 256 connections, proxies on cores {SCALE_CORES}"
+              + (" (shared with the load: this machine has fewer than 4 cores)" if SCALE_SHARED else ""))
+        up2 = free_port()
+        procs.start([UPSTREAM, "--listen", f"127.0.0.1:{up2}", "--threads", "2"], SCALE_LOAD_CORES)
+        wait_port(up2)
+        scale_ports = {}
+        for workers in (1, 2):
+            p = free_port()
+            procs.start([LITEGATE, "dev", "--upstream", f"http://127.0.0.1:{up2}", "--listen", f"127.0.0.1:{p}",
+                         "--admin", f"127.0.0.1:{free_port()}"], SCALE_CORES,
+                        env={"TOKIO_WORKER_THREADS": str(workers), "LITEGATE_LOG": "warn"})
+            scale_ports[("litegate", workers)] = p
+            p = free_port()
+            procs.start(["nginx", "-c", nginx_conf(tmp, f"nginx-{workers}w", p, up2, workers=workers)], SCALE_CORES)
+            scale_ports[("nginx", workers)] = p
+            p = free_port()
+            procs.start(["haproxy", "-db", "-f", haproxy_conf(tmp, p, up2, threads=workers, name=f"haproxy-{workers}w")],
+                        SCALE_CORES)
+            scale_ports[("haproxy", workers)] = p
+        for p in scale_ports.values():
+            wait_port(p)
+        per = {k: [] for k in scale_ports}
+        for p in scale_ports.values():
+            wrk(p, 256, 2, cores=SCALE_LOAD_CORES, threads=2)
+        for _ in range(args.rounds):
+            for k, p in scale_ports.items():
+                per[k].append(wrk(p, 256, args.seconds, cores=SCALE_LOAD_CORES, threads=2))
+        for t in PROXIES:
+            one, two = (sum(per[(t, w)]) / len(per[(t, w)]) for w in (1, 2))
+            results["scaling"][t] = {"one": one, "two": two, "ratio": two / one if one else 0.0,
+                                     "shared_cores": SCALE_SHARED}
+            results["rounds"][f"scaling/{t}"] = {str(w): per[(t, w)] for w in (1, 2)}
+            print(f"  {t:<9} 1 worker {one:>9,.0f}  2 workers {two:>9,.0f}  x{two / one if one else 0:.2f}")
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -314,29 +453,55 @@ def main() -> None:
 def report(r: dict, args) -> None:
     rows = []
 
-    def row(metric, unit, values: dict, better="higher"):
-        base = values.get("nginx")
-        for t, v in values.items():
-            ratio = (v / base) if base else None
-            rows.append({"metric": metric, "unit": unit, "target": t, "value": round(v, 1),
-                         "ratio_to_nginx": round(ratio, 3) if ratio is not None else "", "better": better})
+    def row(metric, unit, values: dict, better="higher", goal=None):
+        """One metric; `goal` is (bound on litegate / nginx, bound on
+        litegate / HAProxy), either None where the issue sets none."""
+        lg = values.get("litegate")
+        ratios = {}
+        for other in ("nginx", "haproxy"):
+            base = values.get(other)
+            ratios[other] = lg / base if lg is not None and base else None
+        met = ""
+        if goal is not None:
+            checks = []
+            for bound, other in zip(goal, ("nginx", "haproxy")):
+                if bound is None or ratios[other] is None:
+                    continue
+                checks.append(ratios[other] >= bound if better == "higher" else ratios[other] <= bound)
+            met = "yes" if checks and all(checks) else "no"
+        sign = ">=" if better == "higher" else "<="
+        goal_text = ", ".join(f"{sign} {b:g}x {o}" for b, o in zip(goal or (), ("nginx", "HAProxy")) if b is not None)
+        rows.append({"metric": metric, "unit": unit, "better": better,
+                     **{t: round(values[t], 1) if t in values else "" for t in TARGETS},
+                     "litegate_div_nginx": round(ratios["nginx"], 3) if ratios["nginx"] is not None else "",
+                     "litegate_div_haproxy": round(ratios["haproxy"], 3) if ratios["haproxy"] is not None else "",
+                     "goal": goal_text, "met": met})
 
     for c in (1, 32, 256):
-        row(f"peak GET, {c} conns", "req/s", {t: r["peak"][t][c] for t in TARGETS})
-    for k, label in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
-        row(f"GET latency {label} at {r['fixed_rate']:.0f} req/s", "µs", {t: r["latency"][t][k] for t in TARGETS}, "lower")
-    for k, v in r["forward"].items():
-        rows.append({"metric": f"{k} p50", "unit": "µs", "target": k.split()[0], "value": round(v["p50_us"], 1),
-                     "ratio_to_nginx": "", "better": "lower"})
-        rows.append({"metric": f"{k} p99", "unit": "µs", "target": k.split()[0], "value": round(v["p99_us"], 1),
-                     "ratio_to_nginx": "", "better": "lower"})
+        row(f"peak GET, {c} conns", "req/s", {t: r["peak"][t][c] for t in TARGETS}, goal=(1.1, 1.0))
+    for k, label, goal in (("p50_us", "p50", None), ("p99_us", "p99", (1.0, None)), ("p999_us", "p99.9", (1.0, None))):
+        row(f"GET {label} at {r['fixed_rate']:,.0f} req/s", "µs", {t: r["latency"][t][k] for t in TARGETS}, "lower",
+            goal)
+    fwd = r["forward"]
+    for k, label, goal in (("p50_us", "p50", (1.0, None)), ("p99_us", "p99", None)):
+        row(f"forwarded write {label} (nginx: two hops)", "µs",
+            {"litegate": fwd["litegate write (forwarded)"][k], "nginx": fwd["nginx write (two hops)"][k]}, "lower", goal)
+        row(f"local read {label}, same rate (for scale)", "µs", {"litegate": fwd["litegate read (local)"][k]}, "lower")
     for k in ("idle", 1000, 10000):
         label = "idle" if k == "idle" else f"{k:,} idle clients"
-        row(f"RSS {label}", "MiB", {t: r["memory"][t][k] / 1024 for t in ("litegate", "nginx", "haproxy")}, "lower")
+        row(f"RSS {label}", "MiB", {t: r["memory"][t][k] / 1024 for t in PROXIES}, "lower",
+            (1.0, None) if k == 10000 else None)
         if k != "idle":
-            short = {t: r["memory"][t][f"held{k}"] for t in ("litegate", "nginx", "haproxy") if r["memory"][t][f"held{k}"] != k}
+            short = {t: r["memory"][t][f"held{k}"] for t in PROXIES if r["memory"][t][f"held{k}"] != k}
             if short:
                 print(f"note: RSS with {k:,} clients was measured with fewer held: {short}")
+    row("HTTP/2 GET, 32 conns x 10 streams", "req/s", r["h2"], goal=(1.1, 1.0))
+    row("TLS GET, 32 conns", "req/s", r["tls"], goal=(1.1, 1.0))
+    scale = r["scaling"]
+    row("two workers / one, peak GET 256 conns", "x", {t: scale[t]["ratio"] for t in PROXIES})
+    rows[-1]["goal"], rows[-1]["met"] = ">= 1.8", "yes" if scale["litegate"]["ratio"] >= 1.8 else "no"
+    if scale["litegate"]["shared_cores"]:
+        print("note: the two-worker row ran on cores shared with the load tools (fewer than 4 cores)")
 
     with open(OUT / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -344,15 +509,26 @@ def report(r: dict, args) -> None:
         w.writerows(rows)
     (OUT / "compare.json").write_text(json.dumps(r, indent=2, default=str))
 
-    lines = [f"{'metric':<44} {'target':<10} {'value':>12} {'x nginx':>8}"]
+    def num(v, unit):
+        if v == "":
+            return ""
+        return f"{v:,.2f}" if unit == "x" else f"{v:,.1f}"
+
+    lines = [f"{'metric':<42} {'direct':>10} {'litegate':>10} {'nginx':>10} {'HAProxy':>10} {'÷nginx':>7} "
+             f"{'÷HAProxy':>8}  goal (litegate)             met"]
     for x in rows:
-        ratio = f"{x['ratio_to_nginx']:.2f}" if x["ratio_to_nginx"] != "" else ""
-        lines.append(f"{x['metric']:<44} {x['target']:<10} {x['value']:>12,.1f} {ratio:>8}")
+        ratios = [f"{x[k]:.2f}" if x[k] != "" else "" for k in ("litegate_div_nginx", "litegate_div_haproxy")]
+        lines.append(f"{x['metric'] + ' (' + x['unit'] + ')':<42} " + " ".join(f"{num(x[t], x['unit']):>10}" for t in TARGETS)
+                     + f" {ratios[0]:>7} {ratios[1]:>8}  {x['goal']:<27} {x['met']}")
     table = "\n".join(lines)
     (OUT / "compare.txt").write_text(table + "\n")
     print("\n" + table)
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"\nwrote {OUT}/compare.txt, compare.csv, compare.json (no matplotlib: no chart)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
