@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 #[derive(Debug)]
@@ -20,7 +19,6 @@ pub struct Activity {
     in_flight: AtomicUsize,
     any_request: AtomicBool,
     idle_since: Mutex<Instant>,
-    changed: Notify,
 }
 
 /// Held from a request's head to the end of its response body.
@@ -36,7 +34,6 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             any_request: AtomicBool::new(false),
             idle_since: Mutex::new(accepted),
-            changed: Notify::new(),
         })
     }
 
@@ -48,7 +45,6 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.any_request.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
         InFlight(Arc::clone(self))
     }
 
@@ -67,19 +63,19 @@ impl Activity {
 
     /// Resolves once the connection has been silent too long; never while
     /// a request is in flight.
+    ///
+    /// Requests do not wake it: it sleeps until the deadline it last saw and
+    /// then looks again, so a request that started or ended meanwhile only
+    /// moves the next wake-up. While requests run it looks once per idle
+    /// timeout. Waking the connection's task at the start and end of every
+    /// request cost more than these rare timer firings.
     pub async fn expired(&self) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is read, so a change in between
-            // is not missed.
-            changed.as_mut().enable();
+            let now = Instant::now();
             match self.deadline() {
-                None => changed.await,
-                Some(deadline) => tokio::select! {
-                    _ = changed => {}
-                    _ = tokio::time::sleep_until(deadline) => return,
-                },
+                Some(deadline) if deadline <= now => return,
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => tokio::time::sleep_until(now + self.idle_timeout).await,
             }
         }
     }
@@ -93,7 +89,6 @@ impl Drop for InFlight {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Instant::now();
         activity.in_flight.fetch_sub(1, Ordering::SeqCst);
-        activity.changed.notify_waiters();
     }
 }
 
@@ -127,5 +122,28 @@ mod tests {
             .await
             .expect("an idle connection must expire");
         assert!(Instant::now() >= finished + IDLE);
+    }
+
+    #[tokio::test]
+    async fn a_request_during_the_wait_moves_the_deadline() {
+        let activity = Activity::new(Instant::now(), HEAD, IDLE);
+        let waiting = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move {
+                activity.expired().await;
+                Instant::now()
+            }
+        });
+        // The waiter is asleep until the head deadline when this request
+        // comes and goes; it must then wait out the idle timeout from here.
+        tokio::time::sleep(HEAD / 5).await;
+        let request = activity.request_started();
+        let finished = Instant::now();
+        drop(request);
+        let expired_at = tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("an idle connection must expire")
+            .expect("the waiter does not panic");
+        assert!(expired_at >= finished + IDLE);
     }
 }

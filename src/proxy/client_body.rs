@@ -85,6 +85,11 @@ impl Progress {
 /// code that sends it on.
 pub fn timed(inner: ProxyBody, timeout: Duration) -> (ProxyBody, Arc<Progress>) {
     let progress = Progress::new();
+    // A body that has already ended (most GETs) can never stall: it needs
+    // no timer, nor a second box per request.
+    if inner.is_end_stream() {
+        return (inner, progress);
+    }
     let body = TimedBody {
         inner,
         timeout,

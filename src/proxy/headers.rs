@@ -50,7 +50,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    // Most messages carry none of these: one pass over the few names present
+    // costs less than looking up all eight on every request and response.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
     if let Some(protocol) = upgrade {
@@ -185,19 +192,33 @@ impl ForwardedFor<'_> {
     pub fn apply(&self, headers: &mut HeaderMap) {
         // Appended, never replaced: apps that trust N proxies read the N-th
         // entry from the right, which is the one litegate writes.
-        let client = self.client.to_string();
-        let mut chain = Vec::new();
+        let client = IpText::new(self.client);
         // Several X-Forwarded-For lines are one list (RFC 9110 §5.3).
-        for prior in headers.get_all(&X_FORWARDED_FOR) {
-            if !prior.is_empty() {
-                chain.extend_from_slice(prior.as_bytes());
+        let prior: Vec<&[u8]> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .filter(|prior| !prior.is_empty())
+            .collect();
+        let chain = if prior.is_empty() {
+            HeaderValue::from_bytes(client.as_bytes())
+        } else {
+            let mut chain = Vec::new();
+            for prior in prior {
+                chain.extend_from_slice(prior);
                 chain.extend_from_slice(b", ");
             }
-        }
-        chain.extend_from_slice(client.as_bytes());
-        headers.remove(&X_FORWARDED_FOR);
-        if let Ok(chain) = HeaderValue::from_bytes(&chain) {
-            headers.insert(X_FORWARDED_FOR, chain);
+            chain.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&chain)
+        };
+        // `insert` replaces every earlier line.
+        match chain {
+            Ok(chain) => {
+                headers.insert(X_FORWARDED_FOR, chain);
+            }
+            Err(_) => {
+                headers.remove(&X_FORWARDED_FOR);
+            }
         }
 
         if !self.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -216,9 +237,148 @@ impl ForwardedFor<'_> {
     }
 }
 
+/// A number as a header value, in one allocation (`HeaderValue::from(u64)`
+/// takes two); stamped on every request an app gets.
+pub fn number(n: u64) -> HeaderValue {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[start..]).expect("ASCII digits are a valid header value")
+}
+
+/// An address as text, on the stack: written for every request, so without
+/// a `String` per request.
+struct IpText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut text.buf[..]);
+                // At most 45 characters (RFC 4291 §2.2, with an embedded
+                // IPv4 address): it always fits.
+                let _ = write!(cursor, "{v6}");
+                text.len = usize::try_from(cursor.position()).unwrap_or(0);
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.1.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().expect("a valid address");
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_http_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(number(n), HeaderValue::from(n));
+        }
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_every_earlier_line() {
+        let forwarded = |prior: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for p in prior {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_static(p));
+            }
+            ForwardedFor {
+                client: "10.1.2.3".parse().expect("a valid address"),
+                trusted: false,
+                proto: "http",
+                host: None,
+            }
+            .apply(&mut h);
+            h.get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.to_str().expect("ASCII").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(forwarded(&[]), ["10.1.2.3"]);
+        assert_eq!(forwarded(&[""]), ["10.1.2.3"]);
+        assert_eq!(
+            forwarded(&["1.1.1.1", "2.2.2.2, 3.3.3.3"]),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"]
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_others_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-mine"),
+        );
+        h.insert("x-mine", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(HTTP2_SETTINGS, HeaderValue::from_static("AAA"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, None);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+    }
 
     #[test]
     fn http2_cookie_fields_become_one_header() {

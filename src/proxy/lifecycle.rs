@@ -75,10 +75,9 @@ impl Proxy {
         respond::stamp_role(&mut parts.headers, &self.primary.current());
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
-        parts.extensions.insert(Arc::clone(&progress));
         let result = self
             .upstream
-            .send(Request::from_parts(parts, body))
+            .send(Request::from_parts(parts, body), &progress)
             .await
             .map_err(|err| errors::blame_client_body(err, progress.fault()))
             .and_then(|resp| respond::relay(resp, client_upgrade, client_version, Origin::App));

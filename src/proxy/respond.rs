@@ -68,7 +68,7 @@ pub fn stamp_role(h: &mut HeaderMap, state: &PrimaryState) {
     match state.role {
         Role::Primary => {
             h.insert(LITEGATE_ROLE, HeaderValue::from_static("primary"));
-            h.insert(LITEGATE_TERM, HeaderValue::from(state.term));
+            h.insert(LITEGATE_TERM, headers::number(state.term));
         }
         Role::Replica | Role::Unknown => {
             h.insert(LITEGATE_ROLE, HeaderValue::from_static("replica"));

@@ -166,9 +166,13 @@ impl Listener {
                     None => conn.serve(stream, &builder).await,
                     Some(acceptor) => {
                         // The handshake counts against the head deadline.
+                        // Both TLS futures are boxed: a task is as large as
+                        // its largest branch, and the TLS state would
+                        // otherwise be reserved in every plain connection.
                         let deadline = conn.activity.head_deadline();
-                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => conn.serve(tls_stream, &builder).await,
+                        let handshake = Box::pin(acceptor.accept(stream));
+                        match tokio::time::timeout_at(deadline, handshake).await {
+                            Ok(Ok(tls_stream)) => Box::pin(conn.serve(tls_stream, &builder)).await,
                             Ok(Err(error)) => {
                                 tracing::debug!(listener = name, %peer, %error, "TLS handshake failed")
                             }
