@@ -17,6 +17,7 @@ use tower::{Service, ServiceExt};
 
 use crate::config::UpstreamConfig;
 
+use super::app_connector::AppConnector;
 use super::body::ProxyBody;
 use super::client_body;
 use super::errors::{ProxyError, Sent};
@@ -31,7 +32,7 @@ pub const APP_READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct UpstreamClient {
-    service: ConcurrencyLimit<Client<HttpConnector, ProxyBody>>,
+    service: ConcurrencyLimit<Client<AppConnector, ProxyBody>>,
     writes: Arc<WritePool>,
     in_flight: Arc<Semaphore>,
     scheme: Scheme,
@@ -55,7 +56,7 @@ impl UpstreamClient {
             // The client's Host is the app's address; the user's Host is set
             // on every request before it gets here.
             .set_host(false);
-        let reads = builder.build(connector);
+        let reads = builder.build(AppConnector(connector));
         let in_flight = Arc::new(Semaphore::new(config.max_concurrency));
         let authority = target
             .authority()
@@ -303,7 +304,14 @@ mod tests {
             .header(http::header::HOST, "app")
             .body(read_body)
             .unwrap();
-        assert_eq!(client.send(read, &progress).await.unwrap().status(), 200);
+        let resp = client.send(read, &progress).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // No connection info on each response: it cost three allocations
+        // per request (app_connector.rs).
+        assert!(resp
+            .extensions()
+            .get::<hyper_util::client::legacy::connect::HttpInfo>()
+            .is_none());
     }
 
     fn cell_at(term: u64) -> Arc<PrimaryCell> {

@@ -57,6 +57,7 @@
 //! [`ProxyError`]: errors::ProxyError
 //! [`ProxyError::next`]: errors::ProxyError::next
 
+mod app_connector;
 pub mod body;
 pub mod classify;
 pub mod client;
