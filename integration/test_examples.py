@@ -120,7 +120,7 @@ def test_systemd_unit_reloads_with_sighup_and_outwaits_the_grace():
     unit.read_string((ROOT / "examples" / "systemd" / "litegate.service").read_text())
     service = unit["Service"]
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    assert service["Type"] == "simple"
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert seconds(service["TimeoutStopSec"]) > SHUTDOWN_AND_HANDOFF_S
     assert service["User"] == "litegate"
 

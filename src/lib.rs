@@ -17,4 +17,5 @@ pub mod primary;
 pub mod proxy;
 pub mod reload;
 pub mod shutdown;
+pub mod systemd;
 pub mod tls;

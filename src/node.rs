@@ -29,6 +29,7 @@ use crate::proxy::server::{Listener, Timeouts};
 use crate::proxy::{Cluster, Proxy};
 use crate::reload::Reloader;
 use crate::shutdown::{self, Hangups, Signals};
+use crate::systemd;
 use crate::tls::{self, MutualTls};
 
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +233,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     tokio::spawn(async move {
         while hangups.next().await.is_some() {
             match &reloader {
-                Some(reloader) => reloader.reload_and_log(),
+                Some(reloader) => {
+                    systemd::reloading();
+                    reloader.reload_and_log();
+                    systemd::ready();
+                }
                 None => tracing::info!("SIGHUP: litegate dev has no config file to reload"),
             }
         }
@@ -315,6 +320,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let leaving_source = Arc::clone(&source);
     tokio::spawn(async move {
         let name = signals.next().await;
+        systemd::stopping();
         if let PrimarySource::Raft(leadership) = &*leaving_source {
             if leadership.raft().is_leader() {
                 tracing::info!(signal = name, "handing leadership off before exiting");
@@ -334,6 +340,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         trigger.fire();
     });
 
+    // Every listener is bound (the public one is served just below).
+    systemd::ready();
     match public {
         Some(public) => {
             let public_listener = Listener {
