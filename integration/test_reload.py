@@ -8,6 +8,7 @@ import socket
 import ssl
 
 import httpx
+import pytest
 import trustme
 
 from harness import start_dev, start_static_cluster, start_with_config, wait_until
@@ -118,3 +119,36 @@ def test_a_rotated_certificate_is_served_to_new_connections(procs, upstream, tmp
     wait_until(lambda: "config reload refused" in node.proc.output(), what="the refusal is logged")
     assert served_certificate(node.public_port, ca_file) == der(second)
     assert node.proc.popen.poll() is None
+
+
+def open_and_use(port: int) -> socket.socket:
+    """A keep-alive connection that has served one request and is now idle."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200"), received[:100]
+    return sock
+
+
+def test_a_shorter_idle_timeout_applies_to_new_connections(procs, upstream, tmp_path):
+    config = f'[primary]\nmode = "dev"\n[upstream]\nurl = "{upstream}"\n[public]\nidle_timeout = "1h"\n'
+    node = start_with_config(procs, config)
+    before = open_and_use(node.public_port)
+    path = procs.log_dir / "node-a.toml"
+    path.write_text(config.replace('idle_timeout = "1h"', 'idle_timeout = "1s"'))
+    hangup(node)
+    wait_until(lambda: "config reloaded" in node.proc.output(), what="the reload is logged")
+    assert "public.idle_timeout" in node.proc.output()
+    after = open_and_use(node.public_port)
+    after.settimeout(15)
+    # The server closes the new idle connection (recv returns EOF)...
+    while (chunk := after.recv(65536)) != b"":
+        pass
+    # ...while the one accepted before the reload keeps its hour.
+    before.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        before.recv(1)
+    before.close()
+    after.close()

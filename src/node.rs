@@ -222,12 +222,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         .clone()
         .map(|cert| tls::public_server(cert).map(TlsAcceptor::from))
         .transpose()?;
+    // One set for all three listeners, swapped by a reload.
+    let timeouts = Timeouts::live(&config);
     let reloader = options.config_path.clone().map(|path| {
         Reloader::new(
             path,
             Config::clone(&config),
             Arc::clone(&proxy),
             public_cert.clone(),
+            Arc::clone(&timeouts),
         )
     });
     tokio::spawn(async move {
@@ -274,7 +277,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         let cluster_listener = Listener {
             name: "cluster",
             tls: parts.acceptor,
-            timeouts: Timeouts::from_config(&config),
+            timeouts: Arc::clone(&timeouts),
             max_header_bytes: config.public.max_header_bytes,
             max_connections: caps.cluster,
             http1_only: false,
@@ -300,7 +303,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let admin_side = Listener {
         name: "admin",
         tls: None,
-        timeouts: Timeouts::from_config(&config),
+        timeouts: Arc::clone(&timeouts),
         max_header_bytes: config.public.max_header_bytes,
         max_connections: caps.admin,
         http1_only: true,
@@ -347,7 +350,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             let public_listener = Listener {
                 name: "public",
                 tls: public_tls,
-                timeouts: Timeouts::from_config(&config),
+                timeouts: Arc::clone(&timeouts),
                 max_header_bytes: config.public.max_header_bytes,
                 max_connections: caps.public,
                 http1_only: false,

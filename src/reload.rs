@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::proxy::server::{LiveTimeouts, Timeouts};
 use crate::proxy::Proxy;
 use crate::tls::PublicCert;
 
@@ -20,6 +21,10 @@ pub const LIVE_KEYS: &[&str] = &[
     "routing.path_precedence",
     "routing.primary_wait",
     "public.body_read_timeout",
+    "public.header_read_timeout",
+    "public.idle_timeout",
+    "public.http2_keepalive_interval",
+    "public.http2_keepalive_timeout",
     "public.tls_cert",
     "public.tls_key",
 ];
@@ -32,6 +37,8 @@ pub struct Reloader {
     proxy: Arc<Proxy>,
     /// Present when the public listener terminates TLS.
     public_cert: Option<Arc<PublicCert>>,
+    /// The three listeners' timeouts.
+    timeouts: LiveTimeouts,
 }
 
 /// What one reload did, for its log lines (and tests).
@@ -50,12 +57,14 @@ impl Reloader {
         running: Config,
         proxy: Arc<Proxy>,
         public_cert: Option<Arc<PublicCert>>,
+        timeouts: LiveTimeouts,
     ) -> Self {
         Self {
             path,
             running: Mutex::new(running),
             proxy,
             public_cert,
+            timeouts,
         }
     }
 
@@ -122,6 +131,8 @@ impl Reloader {
             .collect();
         apply_live(&mut running, &new, certificate_reloaded);
         self.proxy.reload_rules(&running);
+        self.timeouts
+            .store(Arc::new(Timeouts::from_config(&running)));
         Ok(Applied {
             live,
             need_restart,
@@ -139,10 +150,15 @@ fn apply_live(running: &mut Config, new: &Config, certificate_reloaded: bool) {
     r.method_rule = n.method_rule;
     r.path_precedence = n.path_precedence;
     r.primary_wait = n.primary_wait;
-    running.public.body_read_timeout = new.public.body_read_timeout;
+    let (r, n) = (&mut running.public, &new.public);
+    r.body_read_timeout = n.body_read_timeout;
+    r.header_read_timeout = n.header_read_timeout;
+    r.idle_timeout = n.idle_timeout;
+    r.http2_keepalive_interval = n.http2_keepalive_interval;
+    r.http2_keepalive_timeout = n.http2_keepalive_timeout;
     if certificate_reloaded {
-        running.public.tls_cert.clone_from(&new.public.tls_cert);
-        running.public.tls_key.clone_from(&new.public.tls_key);
+        r.tls_cert.clone_from(&n.tls_cert);
+        r.tls_key.clone_from(&n.tls_key);
     }
 }
 
