@@ -3,6 +3,7 @@ live does (routing paths, timeouts, the public certificate); a config that
 does not load changes nothing; the signal never ends the process. Before
 this, SIGHUP killed litegate silently."""
 
+import re
 import signal
 import socket
 import ssl
@@ -129,6 +130,12 @@ def open_and_use(port: int) -> socket.socket:
     while b"\r\n\r\n" not in received:
         received += sock.recv(65536)
     assert received.startswith(b"HTTP/1.1 200"), received[:100]
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    assert length, head
+    # The whole body, so nothing is left to read but the server's close.
+    while len(body) < int(length.group(1)):
+        body += sock.recv(65536)
     return sock
 
 
