@@ -15,7 +15,7 @@ def check(tmp_path, text: str, env: dict | None = None, command: str = "check"):
 
 
 def test_example_configs_are_valid(tmp_path):
-    # fly.toml names its node by machine ID, which node.name defaults to.
+    # fly-static.toml names its node by machine ID, which node.name defaults to.
     env = {"PATH": "/usr/bin:/bin", "FLY_MACHINE_ID": "3d8d9ee5c1e789"}
     examples = sorted((ROOT / "proxy-config").glob("*.toml"))
     assert len(examples) >= 3

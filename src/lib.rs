@@ -15,5 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod primary;
 pub mod proxy;
+pub mod reload;
 pub mod shutdown;
+pub mod systemd;
 pub mod tls;

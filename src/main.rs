@@ -115,8 +115,17 @@ fn main() -> ExitCode {
             }
             Err(message) => fail(&message),
         },
-        Command::Run { config, bootstrap } => match load(config) {
-            Ok(config) => run_node(config, litegate::node::RunOptions { bootstrap }),
+        Command::Run { config, bootstrap } => match config_path(config) {
+            Ok(path) => match load(Some(path.clone())) {
+                Ok(config) => run_node(
+                    config,
+                    litegate::node::RunOptions {
+                        bootstrap,
+                        config_path: Some(path),
+                    },
+                ),
+                Err(message) => fail(&message),
+            },
             Err(message) => fail(&message),
         },
         Command::Dev {
@@ -227,10 +236,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn config_path(path: Option<PathBuf>) -> Result<PathBuf, String> {
+    path.or_else(|| std::env::var_os("LITEGATE_CONFIG").map(PathBuf::from))
+        .ok_or_else(|| "no config file: pass --config FILE or set LITEGATE_CONFIG".to_owned())
+}
+
 fn load(path: Option<PathBuf>) -> Result<Config, String> {
-    let path = path
-        .or_else(|| std::env::var_os("LITEGATE_CONFIG").map(PathBuf::from))
-        .ok_or("no config file: pass --config FILE or set LITEGATE_CONFIG")?;
+    let path = config_path(path)?;
     Config::load(&path, std::env::vars()).map_err(|e| e.to_string())
 }
 

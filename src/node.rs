@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,9 @@ use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
 use crate::proxy::server::{Listener, Timeouts};
 use crate::proxy::{Cluster, Proxy};
-use crate::shutdown::{self, Signals};
+use crate::reload::Reloader;
+use crate::shutdown::{self, Hangups, Signals};
+use crate::systemd;
 use crate::tls::{self, MutualTls};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +51,14 @@ impl From<String> for NodeError {
 }
 
 /// How `litegate run` was asked to start.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Create a new Raft cluster from `cluster.peers` if this node has
     /// never joined one (`--bootstrap`).
     pub bootstrap: bool,
+    /// The file the config came from, read again on SIGHUP (`None` for
+    /// `litegate dev`, which has none).
+    pub config_path: Option<PathBuf>,
 }
 
 /// What every clustered mode shares: the peer client and the cluster
@@ -101,6 +107,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let (trigger, stop) = shutdown::channel();
     let mut signals =
         Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Installed first thing, so a SIGHUP from here on never ends the process.
+    let mut hangups =
+        Hangups::install().map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
 
     let caps = ConnectionCaps::new(&config);
     let me = config.node.name.as_str();
@@ -110,7 +119,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         .iter()
         .map(|p| p.name.clone())
         .collect();
-    let cluster_parts = (config.primary.mode != PrimaryMode::Dev)
+    let cluster_parts = (config.primary.mode != PrimaryMode::Dev && !config.is_fly_replay_only())
         .then(|| ClusterParts::new(&config))
         .transpose()?;
     let mut raft_node = None;
@@ -122,7 +131,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             names,
             &config.primary.static_primary,
         )?)),
-        PrimaryMode::Litefs => PrimarySource::Litefs(Arc::new(LitefsLease::new(me, names))),
+        PrimaryMode::Litefs => PrimarySource::Litefs(Arc::new(LitefsLease::new(
+            me,
+            (!config.is_fly_replay_only()).then_some(names),
+        ))),
         PrimaryMode::Raft => {
             let client = cluster_parts
                 .as_ref()
@@ -202,12 +214,37 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         position,
     )?);
 
-    let public_tls = (!config.public.tls_cert.is_empty())
-        .then(|| {
-            tls::public_server(&config.public.tls_cert, &config.public.tls_key)
-                .map(TlsAcceptor::from)
-        })
+    let public_cert = (!config.public.tls_cert.is_empty())
+        .then(|| tls::PublicCert::load(&config.public.tls_cert, &config.public.tls_key))
+        .transpose()?
+        .map(Arc::new);
+    let public_tls = public_cert
+        .clone()
+        .map(|cert| tls::public_server(cert).map(TlsAcceptor::from))
         .transpose()?;
+    // One set for all three listeners, swapped by a reload.
+    let timeouts = Timeouts::live(&config);
+    let reloader = options.config_path.clone().map(|path| {
+        Reloader::new(
+            path,
+            Config::clone(&config),
+            Arc::clone(&proxy),
+            public_cert.clone(),
+            Arc::clone(&timeouts),
+        )
+    });
+    tokio::spawn(async move {
+        while hangups.next().await.is_some() {
+            match &reloader {
+                Some(reloader) => {
+                    systemd::reloading();
+                    reloader.reload_and_log();
+                    systemd::ready();
+                }
+                None => tracing::info!("SIGHUP: litegate dev has no config file to reload"),
+            }
+        }
+    });
     // A witness has no app and so no clients.
     let public = if config.node.witness {
         None
@@ -240,7 +277,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         let cluster_listener = Listener {
             name: "cluster",
             tls: parts.acceptor,
-            timeouts: Timeouts::from_config(&config),
+            timeouts: Arc::clone(&timeouts),
             max_header_bytes: config.public.max_header_bytes,
             max_connections: caps.cluster,
             http1_only: false,
@@ -266,7 +303,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let admin_side = Listener {
         name: "admin",
         tls: None,
-        timeouts: Timeouts::from_config(&config),
+        timeouts: Arc::clone(&timeouts),
         max_header_bytes: config.public.max_header_bytes,
         max_connections: caps.admin,
         http1_only: true,
@@ -286,6 +323,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let leaving_source = Arc::clone(&source);
     tokio::spawn(async move {
         let name = signals.next().await;
+        systemd::stopping();
         if let PrimarySource::Raft(leadership) = &*leaving_source {
             if leadership.raft().is_leader() {
                 tracing::info!(signal = name, "handing leadership off before exiting");
@@ -305,12 +343,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         trigger.fire();
     });
 
+    // Every listener is bound (the public one is served just below).
+    systemd::ready();
     match public {
         Some(public) => {
             let public_listener = Listener {
                 name: "public",
                 tls: public_tls,
-                timeouts: Timeouts::from_config(&config),
+                timeouts: Arc::clone(&timeouts),
                 max_header_bytes: config.public.max_header_bytes,
                 max_connections: caps.public,
                 http1_only: false,

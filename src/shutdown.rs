@@ -51,9 +51,32 @@ impl Signals {
     }
 }
 
-/// Fires `trigger` on the first SIGTERM or SIGINT.
+/// SIGHUP, as it arrives. Once installed, a SIGHUP no longer ends the
+/// process (its default action), whatever the handler then does.
+pub struct Hangups(tokio::signal::unix::Signal);
+
+impl Hangups {
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self(signal(SignalKind::hangup())?))
+    }
+
+    /// Resolves at the next SIGHUP; `None` if signals can no longer arrive.
+    pub async fn next(&mut self) -> Option<()> {
+        self.0.recv().await
+    }
+}
+
+/// Fires `trigger` on the first SIGTERM or SIGINT; a SIGHUP is logged and
+/// otherwise ignored (there is no config file to reload).
 pub fn on_signals(trigger: Trigger) -> std::io::Result<()> {
     let mut signals = Signals::install()?;
+    let mut hangups = Hangups::install()?;
+    tokio::spawn(async move {
+        while hangups.next().await.is_some() {
+            tracing::info!("SIGHUP: nothing to reload here");
+        }
+    });
     tokio::spawn(async move {
         let name = signals.next().await;
         tracing::info!(

@@ -4,8 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -46,17 +49,51 @@ fn roots(key: &str, path: &str) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// The public listener: `public.tls_cert` and `public.tls_key`.
-pub fn public_server(cert: &str, key: &str) -> Result<Arc<ServerConfig>, String> {
+/// The public listener's certificate and key, swappable while the listener
+/// runs: a SIGHUP loads the files again, and each new handshake takes
+/// whichever pair is current (connections already open keep theirs).
+#[derive(Debug)]
+pub struct PublicCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl PublicCert {
+    /// Reads `public.tls_cert` and `public.tls_key`, checking that they pair.
+    pub fn load(cert: &str, key: &str) -> Result<Self, String> {
+        Ok(Self {
+            current: ArcSwap::from_pointee(certified_key(cert, key)?),
+        })
+    }
+
+    /// Reads the files again; on any error the pair in use stays.
+    pub fn reload(&self, cert: &str, key: &str) -> Result<(), String> {
+        self.current.store(Arc::new(certified_key(cert, key)?));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for PublicCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn certified_key(cert: &str, key: &str) -> Result<CertifiedKey, String> {
+    CertifiedKey::from_der(
+        certs("public.tls_cert", cert)?,
+        private_key("public.tls_key", key)?,
+        &provider(),
+    )
+    .map_err(|e| format!("config key `public.tls_key`: does not match public.tls_cert: {e}"))
+}
+
+/// The public listener: ALPN h2 and http/1.1, the certificate from `cert`.
+pub fn public_server(cert: Arc<PublicCert>) -> Result<Arc<ServerConfig>, String> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(
-            certs("public.tls_cert", cert)?,
-            private_key("public.tls_key", key)?,
-        )
-        .map_err(|e| format!("config key `public.tls_key`: does not match public.tls_cert: {e}"))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -146,10 +146,39 @@ pub enum OnReplica {
     Redirect,
 }
 
+/// Which methods are reads when no path rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodRule {
+    /// `GET`, `HEAD` and `OPTIONS` are reads: the methods Django treats as
+    /// safe.
+    #[default]
+    Django,
+    /// Only `GET` and `HEAD` are reads, as LiteFS's proxy has it: `OPTIONS`
+    /// is a write.
+    Litefs,
+}
+
+/// Which list wins when a path matches both `primary_paths` and
+/// `local_paths`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathPrecedence {
+    /// `primary_paths` wins: a read sent to the primary costs a hop, a
+    /// write served by a replica fails.
+    #[default]
+    PrimaryFirst,
+    /// `local_paths` wins, as LiteFS's proxy checks `passthrough` before
+    /// `always-forward`.
+    LocalFirst,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     pub on_replica: OnReplica,
+    pub method_rule: MethodRule,
+    pub path_precedence: PathPrecedence,
     #[serde(deserialize_with = "string_or_list")]
     pub primary_paths: Vec<PathGlob>,
     #[serde(deserialize_with = "string_or_list")]
@@ -165,6 +194,8 @@ impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
             on_replica: OnReplica::Forward,
+            method_rule: MethodRule::Django,
+            path_precedence: PathPrecedence::PrimaryFirst,
             primary_paths: Vec::new(),
             local_paths: Vec::new(),
             primary_wait: Duration::from_secs(5),
@@ -348,6 +379,16 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         load::load(path, env)
+    }
+
+    /// LiteFS mode answering writes on replicas with `fly-replay` and no
+    /// peer list: Fly's edge replays writes to the primary LiteFS names,
+    /// so no node talks to another and none needs an id, peers, a secret
+    /// or the cluster listener.
+    pub fn is_fly_replay_only(&self) -> bool {
+        self.primary.mode == PrimaryMode::Litefs
+            && self.routing.on_replica == OnReplica::FlyReplay
+            && self.cluster.peers.is_empty()
     }
 
     /// The effective configuration as TOML, for `litegate check`.

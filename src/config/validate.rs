@@ -247,6 +247,15 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
     if c.primary.mode == PrimaryMode::Dev {
         return Ok(());
     }
+    if c.primary.mode == PrimaryMode::Litefs && c.litefs.mount.is_empty() {
+        return err(
+            "litefs.mount",
+            "required when primary.mode = \"litefs\": the LiteFS FUSE mount directory, e.g. \"/litefs\"".into(),
+        );
+    }
+    if c.is_fly_replay_only() {
+        return Ok(());
+    }
 
     let Some(id) = c.node.id else {
         return err(
@@ -370,12 +379,6 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
                 .into(),
         );
     }
-    if c.primary.mode == PrimaryMode::Litefs && c.litefs.mount.is_empty() {
-        return err(
-            "litefs.mount",
-            "required when primary.mode = \"litefs\": the LiteFS FUSE mount directory, e.g. \"/litefs\"".into(),
-        );
-    }
     Ok(())
 }
 
@@ -442,6 +445,27 @@ mod tests {
 
     fn duration(s: &str) -> Duration {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn fly_replay_on_litefs_needs_no_id_peers_or_secret() {
+        let mut c = Config::default();
+        c.primary.mode = PrimaryMode::Litefs;
+        c.routing.on_replica = crate::config::OnReplica::FlyReplay;
+        c.litefs.mount = "/litefs".into();
+        validate(&c, &Origin::Flags).unwrap();
+        assert!(c.is_fly_replay_only());
+        // The mount is still required.
+        c.litefs.mount.clear();
+        assert!(refusal(&c).contains("`litefs.mount`"));
+        // Forward mode still needs the cluster: writes go node to node.
+        c.litefs.mount = "/litefs".into();
+        c.routing.on_replica = crate::config::OnReplica::Forward;
+        assert!(refusal(&c).contains("`node.id`"));
+        // Raft mode with fly-replay still elects among its peers.
+        c.routing.on_replica = crate::config::OnReplica::FlyReplay;
+        c.primary.mode = PrimaryMode::Raft;
+        assert!(refusal(&c).contains("`node.id`"));
     }
 
     #[test]

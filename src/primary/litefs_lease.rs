@@ -1,5 +1,7 @@
 //! `primary.mode = "litefs"`: LiteFS owns the lease; litegate follows it.
-//! LiteFS hostnames are matched to `cluster.peers` by `name`.
+//! LiteFS hostnames are matched to `cluster.peers` by `name`; with no
+//! peers (fly-replay mode, where Fly's edge finds the primary by its
+//! machine ID) any hostname LiteFS names is the primary.
 //!
 //! The fencing token is 0: LiteFS itself refuses writes on a node that does
 //! not hold the lease, and a forwarded write is let through only while this
@@ -15,12 +17,13 @@ use crate::metrics;
 #[derive(Debug)]
 pub struct LitefsLease {
     me: Arc<str>,
-    names: HashSet<String>,
+    /// `None`: no peer list, every hostname is taken as LiteFS gives it.
+    names: Option<HashSet<String>>,
     cell: Arc<PrimaryCell>,
 }
 
 impl LitefsLease {
-    pub fn new(me: &str, names: HashSet<String>) -> Self {
+    pub fn new(me: &str, names: Option<HashSet<String>>) -> Self {
         let cell = PrimaryCell::new(PrimaryState::unknown());
         metrics::set_is_primary(false);
         Self {
@@ -44,7 +47,13 @@ impl Watcher for LitefsLease {
                 primary: Some(Arc::clone(&self.me)),
                 lease_deadline: None,
             },
-            LeaseView::Replica(host) if self.names.contains(&host) && *host != *self.me => {
+            LeaseView::Replica(host)
+                if *host != *self.me
+                    && self
+                        .names
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&host)) =>
+            {
                 PrimaryState {
                     role: Role::Replica,
                     term: 0,

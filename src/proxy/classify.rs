@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, HeaderValue, Method, Version};
 
-use crate::config::{PathGlob, RoutingConfig};
+use crate::config::{MethodRule, PathGlob, PathPrecedence, RoutingConfig};
 
 use super::errors::ProxyError;
 use super::headers;
@@ -61,6 +61,8 @@ pub struct Classifier {
     local_paths: Vec<PathGlob>,
     /// `routing.upgrade_protocols`; never `h2c` (config validation).
     upgrade_protocols: Vec<String>,
+    method_rule: MethodRule,
+    path_precedence: PathPrecedence,
 }
 
 impl Classifier {
@@ -69,11 +71,14 @@ impl Classifier {
             primary_paths: routing.primary_paths.clone(),
             local_paths: routing.local_paths.clone(),
             upgrade_protocols: routing.upgrade_protocols.clone(),
+            method_rule: routing.method_rule,
+            path_precedence: routing.path_precedence,
         }
     }
 
-    /// `primary_paths` wins over `local_paths` when both match: sending a
-    /// read to the primary costs a hop, sending a write to a replica fails it.
+    /// `primary_paths` wins over `local_paths` when both match (sending a
+    /// read to the primary costs a hop, sending a write to a replica fails
+    /// it), unless `routing.path_precedence = "local-first"`.
     /// Globs are matched against the views of the path in `path.rs`, never
     /// the raw bytes. `CONNECT` and `TRACE` are refused (`405`), and so is a
     /// path that cannot be matched safely (`400`).
@@ -95,20 +100,23 @@ impl Classifier {
         let on_primary_path = paths.any(|view| self.primary_paths.iter().any(|g| g.matches(view)));
         let on_local_path = paths.all(|view| self.local_paths.iter().any(|g| g.matches(view)));
         let upgrade = self.allowed_upgrade(method, version, headers);
+        let local_first = self.path_precedence == PathPrecedence::LocalFirst;
         let class = if upgrade.is_some() {
             Class::WebSocket
+        } else if on_local_path && local_first {
+            Class::Local
         } else if on_primary_path {
             Class::Write
         } else if on_local_path {
             Class::Local
-        } else if is_safe(method) {
+        } else if is_read(self.method_rule, method) {
             Class::Read
         } else {
             Class::Write
         };
         let needs_primary = match class {
             Class::Write => true,
-            Class::WebSocket => on_primary_path,
+            Class::WebSocket => on_primary_path && !(on_local_path && local_first),
             Class::Read | Class::Local => false,
         };
         Ok(Classification {
@@ -148,6 +156,14 @@ impl Classifier {
 /// less `TRACE`, which litegate refuses.
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether `method` is a read under `rule`, on a path no list matched.
+fn is_read(rule: MethodRule, method: &Method) -> bool {
+    match rule {
+        MethodRule::Django => is_safe(method),
+        MethodRule::Litefs => matches!(*method, Method::GET | Method::HEAD),
+    }
 }
 
 #[cfg(test)]
@@ -345,5 +361,83 @@ mod tests {
             .classify(&Method::GET, "/ws", Version::HTTP_11, &headers(WEBSOCKET))
             .unwrap();
         assert_eq!((c.class, c.upgrade), (Class::Read, None));
+    }
+
+    fn litefs_like(primary: &[&str], local: &[&str]) -> Classifier {
+        Classifier::new(&RoutingConfig {
+            method_rule: MethodRule::Litefs,
+            path_precedence: PathPrecedence::LocalFirst,
+            primary_paths: primary.iter().map(|p| p.parse().unwrap()).collect(),
+            local_paths: local.iter().map(|p| p.parse().unwrap()).collect(),
+            ..RoutingConfig::default()
+        })
+    }
+
+    fn class_with(c: &Classifier, method: Method, path: &str) -> (Class, bool) {
+        let c = c
+            .classify(&method, path, Version::HTTP_11, &HeaderMap::new())
+            .unwrap();
+        (c.class, c.needs_primary)
+    }
+
+    #[test]
+    fn the_litefs_method_rule_makes_options_a_write() {
+        let litefs = litefs_like(&[], &[]);
+        assert_eq!(
+            class_with(&litefs, Method::OPTIONS, "/x"),
+            (Class::Write, true)
+        );
+        assert_eq!(class_with(&litefs, Method::GET, "/x"), (Class::Read, false));
+        assert_eq!(
+            class_with(&litefs, Method::HEAD, "/x"),
+            (Class::Read, false)
+        );
+        assert_eq!(
+            class_with(&litefs, Method::POST, "/x"),
+            (Class::Write, true)
+        );
+        // The default keeps OPTIONS a read, as Django does.
+        let default = Classifier::new(&RoutingConfig::default());
+        assert_eq!(
+            class_with(&default, Method::OPTIONS, "/x"),
+            (Class::Read, false)
+        );
+        // TRACE stays refused under either rule: it would echo cookies.
+        let trace = Method::from_bytes(b"TRACE").unwrap();
+        assert!(litefs
+            .classify(&trace, "/x", Version::HTTP_11, &HeaderMap::new())
+            .is_err());
+    }
+
+    #[test]
+    fn local_first_lets_passthrough_win_like_litefs() {
+        let litefs = litefs_like(&["/api/*"], &["/api/health"]);
+        assert_eq!(
+            class_with(&litefs, Method::POST, "/api/health"),
+            (Class::Local, false)
+        );
+        assert_eq!(
+            class_with(&litefs, Method::GET, "/api/items"),
+            (Class::Write, true)
+        );
+        let default = Classifier::new(&RoutingConfig {
+            primary_paths: vec!["/api/*".parse().unwrap()],
+            local_paths: vec!["/api/health".parse().unwrap()],
+            ..RoutingConfig::default()
+        });
+        assert_eq!(
+            class_with(&default, Method::POST, "/api/health"),
+            (Class::Write, true)
+        );
+        // An upgrade on a path both lists match stays here under local-first.
+        let ws = litefs
+            .classify(
+                &Method::GET,
+                "/api/health",
+                Version::HTTP_11,
+                &headers(WEBSOCKET),
+            )
+            .unwrap();
+        assert_eq!((ws.class, ws.needs_primary), (Class::WebSocket, false));
     }
 }

@@ -93,7 +93,7 @@ impl Proxy {
     /// redirected. Never sent twice to an app.
     async fn to_primary(&self, mut prepared: Prepared, started: Instant) -> Outcome {
         let class = prepared.class;
-        let deadline = super::deadline_after(started, self.primary_wait);
+        let deadline = super::deadline_after(started, self.primary_wait());
         let mut watch = self.primary.clone();
         // Waits below are for changes after this point.
         watch.mark_seen();
@@ -253,7 +253,7 @@ impl Proxy {
         let error = match last_error {
             Some(error @ ProxyError::UpstreamUnreachable(_)) => error,
             _ => ProxyError::NoPrimary {
-                waited: self.primary_wait,
+                waited: self.primary_wait(),
             },
         };
         Outcome::rejected(class, error)
@@ -264,7 +264,7 @@ impl Proxy {
         Outcome::rejected(
             class,
             ProxyError::NoPrimary {
-                waited: self.primary_wait,
+                waited: self.primary_wait(),
             },
         )
     }

@@ -73,6 +73,7 @@ mod redirect;
 mod replay_body;
 mod respond;
 pub mod route;
+pub mod rules;
 pub mod server;
 mod upgrade;
 mod write_pool;
@@ -81,6 +82,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
@@ -93,13 +95,14 @@ use crate::metrics;
 use crate::primary::{PrimarySource, PrimaryWatch, Role, WritePermit};
 
 use body::ProxyBody;
-use classify::{Class, Classifier};
+use classify::Class;
 use client::UpstreamClient;
 use errors::ProxyError;
 use fence::Attempt;
 use headers::{ForwardedFor, LITEGATE_PRIMARY, LITEGATE_TERM, LITEGATE_TXID};
 use health::UpstreamHealth;
 use respond::Origin;
+use rules::RequestRules;
 use upgrade::ClientUpgrade;
 
 /// How long a forwarded write waits on a leader whose lease has not
@@ -128,7 +131,8 @@ pub struct Cluster {
 pub struct Proxy {
     me: Arc<str>,
     node_name: HeaderValue,
-    classifier: Classifier,
+    /// What a SIGHUP may change live (`rules.rs`).
+    rules: ArcSwap<RequestRules>,
     upstream: UpstreamClient,
     health: Arc<UpstreamHealth>,
     primary: PrimaryWatch,
@@ -137,10 +141,8 @@ pub struct Proxy {
     /// Read-your-writes, where `litefs.mount` is set.
     position: Option<Arc<Position>>,
     on_replica: OnReplica,
-    primary_wait: Duration,
     trusted_proxies: Vec<Cidr>,
     max_header_bytes: usize,
-    body_read_timeout: Duration,
 }
 
 /// A client request, checked and rewritten, ready to go to an app.
@@ -190,7 +192,7 @@ impl Proxy {
         Ok(Self {
             me: Arc::from(config.node.name.as_str()),
             node_name,
-            classifier: Classifier::new(&config.routing),
+            rules: ArcSwap::from_pointee(RequestRules::from_config(config)),
             upstream,
             health,
             primary: source.watch(),
@@ -198,11 +200,21 @@ impl Proxy {
             cluster,
             position,
             on_replica: config.routing.on_replica,
-            primary_wait: config.routing.primary_wait.get(),
             trusted_proxies: config.public.trusted_proxies.clone(),
             max_header_bytes: config.public.max_header_bytes,
-            body_read_timeout: config.public.body_read_timeout.get(),
         })
+    }
+
+    /// Takes the live part of a reloaded config (`rules.rs`); requests
+    /// already past classification keep the rules they started with.
+    pub fn reload_rules(&self, config: &Config) {
+        self.rules
+            .store(Arc::new(RequestRules::from_config(config)));
+    }
+
+    /// `routing.primary_wait` as it is now.
+    fn primary_wait(&self) -> Duration {
+        self.rules.load().primary_wait
     }
 
     /// A client request, start to finish. Never fails: every error becomes
@@ -223,7 +235,8 @@ impl Proxy {
     /// sender knows nothing reached an app).
     pub async fn handle_forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let classification = match self.classifier.classify(
+        let rules = self.rules.load_full();
+        let classification = match rules.classifier.classify(
             req.method(),
             req.uri().path(),
             req.version(),
@@ -290,7 +303,8 @@ impl Proxy {
         });
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
-        let (body, progress) = client_body::timed(body::stream(body), self.body_read_timeout);
+        let body_read_timeout = self.rules.load().body_read_timeout;
+        let (body, progress) = client_body::timed(body::stream(body), body_read_timeout);
         // Reading the body is the admission the sender waits for.
         let body = forward::admitted_body(&mut parts.headers, body).await?;
         // The sender already stripped the client's Litegate-* and
@@ -340,7 +354,8 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Prepared, (Class, ProxyError)> {
-        let classification = self
+        let rules = self.rules.load_full();
+        let classification = rules
             .classifier
             .classify(req.method(), req.uri().path(), req.version(), req.headers())
             .map_err(|err| (Class::of_method(req.method()), err))?;
@@ -392,7 +407,7 @@ impl Proxy {
         if client_version == Version::HTTP_2 {
             headers::join_cookies(h);
         }
-        let (body, progress) = client_body::timed(body::stream(body), self.body_read_timeout);
+        let (body, progress) = client_body::timed(body::stream(body), rules.body_read_timeout);
         headers::frame_body(h, &body);
         ForwardedFor {
             client: conn.peer.ip().to_canonical(),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -72,7 +73,16 @@ pub struct Timeouts {
     pub http2_keepalive_timeout: Duration,
 }
 
+/// The listeners' timeouts as they are now: a SIGHUP swaps them, and each
+/// connection accepted after that takes the new ones (open connections
+/// keep the ones they were accepted with).
+pub type LiveTimeouts = Arc<ArcSwap<Timeouts>>;
+
 impl Timeouts {
+    pub fn live(config: &Config) -> LiveTimeouts {
+        Arc::new(ArcSwap::from_pointee(Self::from_config(config)))
+    }
+
     pub fn from_config(config: &Config) -> Self {
         Self {
             head: config.public.header_read_timeout.get(),
@@ -86,7 +96,7 @@ impl Timeouts {
 pub struct Listener {
     pub name: &'static str,
     pub tls: Option<TlsAcceptor>,
-    pub timeouts: Timeouts,
+    pub timeouts: LiveTimeouts,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     /// The admin listener speaks HTTP/1.1 only.
@@ -97,7 +107,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
+    fn builder(&self, timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's own head timer: it starts when an HTTP/1.1 connection
         // waits for a request head (after the version is sniffed, and again
@@ -105,14 +115,14 @@ impl Listener {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.timeouts.head)
+            .header_read_timeout(timeouts.head)
             .keep_alive(true)
             .max_buf_size(self.max_header_bytes + HEAD_BUFFER_MARGIN);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .keep_alive_interval(self.timeouts.http2_keepalive_interval)
-            .keep_alive_timeout(self.timeouts.http2_keepalive_timeout)
+            .keep_alive_interval(timeouts.http2_keepalive_interval)
+            .keep_alive_timeout(timeouts.http2_keepalive_timeout)
             .max_header_list_size(
                 u32::try_from(self.max_header_bytes + HEAD_BUFFER_MARGIN).unwrap_or(u32::MAX),
             );
@@ -131,7 +141,8 @@ impl Listener {
         handler: Arc<H>,
         shutdown: Shutdown,
     ) {
-        let builder = Arc::new(self.builder());
+        let mut timeouts = self.timeouts.load_full();
+        let mut builder = Arc::new(self.builder(&timeouts));
         let mut acceptor = CappedAcceptor::new(listener, self.name, self.max_connections);
         let mut stopping = shutdown.clone();
         loop {
@@ -140,6 +151,11 @@ impl Listener {
                 _ = stopping.begun() => break,
             };
             let accepted = Instant::now();
+            let now = self.timeouts.load_full();
+            if !Arc::ptr_eq(&now, &timeouts) {
+                timeouts = now;
+                builder = Arc::new(self.builder(&timeouts));
+            }
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
@@ -148,7 +164,7 @@ impl Listener {
                 tls: self.tls.is_some(),
                 trusted: handler.is_trusted(&peer),
             };
-            let activity = Activity::new(accepted, self.timeouts.head, self.timeouts.idle);
+            let activity = Activity::new(accepted, timeouts.head, timeouts.idle);
             let (handler, builder, shutdown) =
                 (Arc::clone(&handler), Arc::clone(&builder), shutdown.clone());
             let (tls, name, counted) = (self.tls.clone(), self.name, self.count_connections);
