@@ -201,6 +201,10 @@ fn status(state: &AdminState) -> serde_json::Value {
             PrimarySource::Raft(leadership) => leadership.status(),
             _ => json!(null),
         },
+        "litefs": match &*state.source {
+            PrimarySource::Litefs(lease) => lease.status(),
+            _ => json!(null),
+        },
         "position": null,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
