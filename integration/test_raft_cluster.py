@@ -480,3 +480,27 @@ def test_a_dead_app_on_the_leader_moves_leadership_and_fails_no_write(procs):
     status = leader.status()
     me = next(p for p in status["raft"]["peers"] if p["name"] == leader.name)
     assert me["app_up"] is False, status
+
+
+def test_member_list_shows_the_membership_from_the_raft_log(cluster):
+    """`litegate member list` and `GET /members` read the membership the
+    Raft log holds (seeded from cluster.peers by --bootstrap), with each
+    member's name, address and public URL as the log records them."""
+    leader = leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    doc = httpx.get(f"{follower.admin}/members", timeout=10).json()
+    members = {m["name"]: m for m in doc["members"]}
+    assert set(members) == {n.name for n in cluster}
+    for node in cluster:
+        m = members[node.name]
+        assert m["role"] == "voter" and m["cluster"] == f"127.0.0.1:{node.cluster_port}", m
+        assert m["public_url"] == node.url, m
+    assert doc["joint"] is False and doc["log_index"] is not None
+    assert {m["name"] for m in follower.status()["raft"]["membership"]["members"]} == set(members)
+
+    out = subprocess.run([str(litegate_bin()), "member", "list", "--admin", follower.admin],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for node in cluster:
+        assert node.name in out.stdout and f"127.0.0.1:{node.cluster_port}" in out.stdout, out.stdout
+    assert "voter" in out.stdout

@@ -405,6 +405,41 @@ impl RaftLeadership {
             .ok_or(HandoffError::NoTarget)
     }
 
+    /// The membership as the Raft log holds it (`GET /members`, and
+    /// `raft.membership` in `/status`): every voter and learner with what
+    /// the log records about it.
+    pub fn membership(&self) -> serde_json::Value {
+        let m = self.metrics();
+        let stored = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = stored.voter_ids().collect();
+        let members: Vec<_> = stored
+            .nodes()
+            .map(|(id, node)| {
+                // A membership written before the log carried names reads
+                // them from `cluster.peers`.
+                let name = Some(node.name.as_str())
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .or_else(|| self.publisher.member(*id).map(|p| p.name.to_string()));
+                json!({
+                    "id": id,
+                    "name": name,
+                    "role": if voters.contains(id) { "voter" } else { "learner" },
+                    "cluster": node.addr,
+                    "public_url": Some(node.public_url.as_str()).filter(|u| !u.is_empty()),
+                    "witness": node.witness,
+                    "leader": m.current_leader == Some(*id),
+                    "matched_index": matched_index(&m, *id),
+                })
+            })
+            .collect();
+        json!({
+            "log_index": m.membership_config.log_id().as_ref().map(|l| l.index),
+            "joint": stored.get_joint_config().len() > 1,
+            "members": members,
+        })
+    }
+
     /// The Raft part of `/status`.
     pub fn status(&self) -> serde_json::Value {
         let m = self.metrics();
@@ -445,6 +480,7 @@ impl RaftLeadership {
             "takeover_hold_ms_left": ms_left(self.publisher.hold_ends(now), now),
             "startup_quiet_ms_left": ms_left(Some(self.quiet.ends()).filter(|end| *end > now), now),
             "peers": peers,
+            "membership": self.membership(),
         })
     }
 
