@@ -52,6 +52,10 @@ class Writer:
         self.prefix = prefix
         self.pause = pause
         self.results: list[tuple[str, int | str, str]] = []
+        # When each write was sent and answered (time.monotonic()), parallel
+        # to results.
+        self.sent_at: list[float] = []
+        self.answered_at: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -61,11 +65,14 @@ class Writer:
             while not self._stop.is_set() and i < 20000:
                 node = self.nodes[i % len(self.nodes)]
                 ident = f"{self.prefix}-{i}"
+                sent = time.monotonic()
                 try:
                     r = client.post(f"{node.url}/journal", content=ident)
                     self.results.append((ident, r.status_code, r.headers.get("litegate-error", "")))
                 except httpx.HTTPError as e:
                     self.results.append((ident, "error", repr(e)))
+                self.sent_at.append(sent)
+                self.answered_at.append(time.monotonic())
                 i += 1
                 time.sleep(self.pause)
 
@@ -431,3 +438,69 @@ def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_run
         f"in tries {tries_hit} of {len(try_started_ns)}, "
         f"{len(interleaved)} writes landed under a term older than one already written: "
         f"{[(e['id'], e['term'], e['node']) for e in interleaved[:10]]}")
+
+
+def test_a_dead_app_on_the_leader_moves_leadership_and_fails_no_write(procs):
+    """Regression (issue 13 item 5): with the leader's app stopped and its
+    litegate alive, every write got 502 for as long as anyone waited. Now
+    the leader hands off to a node whose app is up once its own app has been
+    down for `primary.app_down_handoff`, and the writes meanwhile are held,
+    not failed."""
+    started = [procs.uvicorn(f"app-{i}", "upstream:app", FIXTURES, env={"APP_NODE": f"app-{i}"})
+               for i in range(1, 4)]
+    apps = [url for _, url in started]
+    cluster = start_raft_cluster(procs, apps)
+    leader = leader_of(cluster)
+    dead_app = started[int(leader.name.split("-")[1]) - 1][0]
+    with Writer(cluster, "a", pause=0.002) as writer:
+        writer.wait_for(50)
+        killed_at = time.monotonic()
+        dead_app.signal(signal.SIGKILL)
+        dead_app.wait(10)
+        n = len(writer.results)
+        writer.wait_for(n + 100, timeout=30)
+    new_leader = leader_of(cluster)
+    assert new_leader is not leader
+    assert leader.proc.popen.poll() is None, "the old leader's litegate stays up"
+    sent_after_kill = [(r, answered) for r, sent, answered
+                       in zip(writer.results, writer.sent_at, writer.answered_at) if sent > killed_at]
+    first_ok = next(answered for r, answered in sent_after_kill if r[1] == 201)
+    print(f"app killed on {leader.name} -> first successful write after "
+          f"{first_ok - killed_at:.2f}s (new leader {new_leader.name})")
+
+    # A write already at the app when it was killed may have been taken:
+    # it is answered `indeterminate`, never sent again (one per writer).
+    failed = [r for r in writer.results if r[1] != 201]
+    in_flight_at_kill = [r for r in failed if r[2] == "indeterminate"]
+    assert len(in_flight_at_kill) <= 1, failed
+    assert [r for r in failed if r not in in_flight_at_kill] == [], failed
+    landed = [e["id"] for app in apps if app != apps[int(leader.name.split("-")[1]) - 1] for e in journal(app)]
+    taken_after_kill = [r[0] for r, _ in sent_after_kill if r[1] == 201]
+    assert taken_after_kill and set(taken_after_kill) <= set(landed), "writes sent after the kill landed on a live app"
+    status = leader.status()
+    me = next(p for p in status["raft"]["peers"] if p["name"] == leader.name)
+    assert me["app_up"] is False, status
+
+
+def test_member_list_shows_the_membership_from_the_raft_log(cluster):
+    """`litegate member list` and `GET /members` read the membership the
+    Raft log holds (seeded from cluster.peers by --bootstrap), with each
+    member's name, address and public URL as the log records them."""
+    leader = leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    doc = httpx.get(f"{follower.admin}/members", timeout=10).json()
+    members = {m["name"]: m for m in doc["members"]}
+    assert set(members) == {n.name for n in cluster}
+    for node in cluster:
+        m = members[node.name]
+        assert m["role"] == "voter" and m["cluster"] == f"127.0.0.1:{node.cluster_port}", m
+        assert m["public_url"] == node.url, m
+    assert doc["joint"] is False and doc["log_index"] is not None
+    assert {m["name"] for m in follower.status()["raft"]["membership"]["members"]} == set(members)
+
+    out = subprocess.run([str(litegate_bin()), "member", "list", "--admin", follower.admin],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for node in cluster:
+        assert node.name in out.stdout and f"127.0.0.1:{node.cluster_port}" in out.stdout, out.stdout
+    assert "voter" in out.stdout

@@ -75,6 +75,11 @@ enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Raft mode: the cluster's membership, as the Raft log holds it.
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
     /// Run CMD only on the node that is the primary (e.g. migrations).
     /// Elsewhere it says why it skipped and exits 0.
     Exec {
@@ -99,6 +104,19 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9191")]
         admin: String,
         /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberAction {
+    /// Every voter and learner with its address, as the Raft log records them.
+    List {
+        /// Any node's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9191")]
+        admin: String,
+        /// Print the JSON document instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -196,6 +214,48 @@ fn main() -> ExitCode {
                 Err(message) => fail(&message),
             }
         }
+        Command::Member {
+            action: MemberAction::List { admin, json },
+        } => match runtime().block_on(litegate::admin::client::fetch_members(&admin)) {
+            Ok(doc) if json => {
+                println!("{doc:#}");
+                ExitCode::SUCCESS
+            }
+            Ok(doc) => {
+                println!(
+                    "{:<6} {:<16} {:<8} {:<22} {:<7} public_url",
+                    "id", "name", "role", "cluster", "leader"
+                );
+                for m in doc["members"].as_array().into_iter().flatten() {
+                    let role = match (m["role"].as_str(), m["witness"].as_bool()) {
+                        (Some(role), Some(true)) => format!("{role}*"),
+                        (role, _) => role.unwrap_or("?").to_owned(),
+                    };
+                    println!(
+                        "{:<6} {:<16} {:<8} {:<22} {:<7} {}",
+                        m["id"],
+                        m["name"].as_str().unwrap_or("-"),
+                        role,
+                        m["cluster"].as_str().unwrap_or("-"),
+                        if m["leader"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            ""
+                        },
+                        m["public_url"].as_str().unwrap_or("-"),
+                    );
+                }
+                if doc["joint"].as_bool() == Some(true) {
+                    println!("(a membership change is under way: joint configuration)");
+                }
+                println!(
+                    "(* witness; membership as of log index {})",
+                    doc["log_index"]
+                );
+                ExitCode::SUCCESS
+            }
+            Err(message) => fail(&message),
+        },
         Command::Exec {
             if_primary,
             admin,

@@ -22,6 +22,7 @@ use crate::consistency::Position;
 use crate::listen::fd_limit::FdLimits;
 use crate::litefs::{self, Watcher};
 use crate::metrics;
+use crate::primary::app_aware::AppWatch;
 use crate::primary::{DevPrimary, LitefsLease, PrimarySource, RaftLeadership, Role, StaticPrimary};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
@@ -198,6 +199,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         peers.spawn_poller(parts.client.clone(), Arc::clone(&source), stop.clone());
         peers
     });
+    if let (PrimarySource::Raft(leadership), Some(peers), false) =
+        (&*source, &peers, config.node.witness)
+    {
+        leadership.watch_apps(AppWatch::new(
+            Arc::clone(&health),
+            Arc::clone(peers),
+            config.primary.app_down_handoff.get(),
+            upstream.authority().to_string(),
+            config.upstream.connect_timeout.get(),
+            stop.clone(),
+        ));
+    }
 
     let proxy = Arc::new(Proxy::new(
         &config,
@@ -273,6 +286,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             source: Arc::clone(&source),
             secret: parts.secret,
             raft: raft_node.clone(),
+            app_health: (!config.node.witness).then(|| Arc::clone(&health)),
         });
         let cluster_listener = Listener {
             name: "cluster",

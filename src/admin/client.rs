@@ -12,6 +12,11 @@ pub async fn fetch_status(admin: &str) -> Result<serde_json::Value, String> {
     call(admin, Method::GET, "/status", None).await
 }
 
+/// GETs `{admin}/members`: the Raft membership from the log.
+pub async fn fetch_members(admin: &str) -> Result<serde_json::Value, String> {
+    call(admin, Method::GET, "/members", None).await
+}
+
 /// POSTs `{admin}/promote`: this node becomes the primary.
 pub async fn promote(admin: &str, token: Option<&str>) -> Result<serde_json::Value, String> {
     call(admin, Method::POST, "/promote", token).await

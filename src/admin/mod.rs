@@ -132,6 +132,13 @@ async fn answer(
                 _ => body::text_response(StatusCode::SERVICE_UNAVAILABLE, "not a replica with a known primary\n"),
             },
             "/status" => body::json_response(StatusCode::OK, &status(state)),
+            "/members" => match &*state.source {
+                PrimarySource::Raft(leadership) => body::json_response(StatusCode::OK, &leadership.membership()),
+                _ => body::text_response(
+                    StatusCode::CONFLICT,
+                    "membership is kept in the Raft log; this node is not in raft mode (its members are cluster.peers)\n",
+                ),
+            },
             "/metrics" => {
                 if let PrimarySource::Raft(leadership) = &*state.source {
                     leadership.refresh_gauges();
@@ -199,6 +206,10 @@ fn status(state: &AdminState) -> serde_json::Value {
         },
         "raft": match &*state.source {
             PrimarySource::Raft(leadership) => leadership.status(),
+            _ => json!(null),
+        },
+        "litefs": match &*state.source {
+            PrimarySource::Litefs(lease) => lease.status(),
             _ => json!(null),
         },
         "position": null,

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Peer;
 use crate::primary::static_promote::EpochPeers;
@@ -27,8 +27,22 @@ pub struct PeerStatus {
     pub epoch: Option<u64>,
     pub primary: Option<String>,
     pub last_error: Option<String>,
+    /// Whether that node's app accepted connections at the last answer;
+    /// `None` for a witness or a node that does not say.
+    pub app_up: Option<bool>,
     #[serde(skip)]
     pub last_seen: Option<Instant>,
+}
+
+/// `GET /_litegate/epoch`'s answer: the node's epoch state and whether its
+/// app accepts connections (absent on a witness and on older nodes, whose
+/// answers still read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    #[serde(flatten)]
+    pub epoch: EpochState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_up: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -62,6 +76,18 @@ impl PeerTable {
             .unwrap_or_default()
     }
 
+    /// Whether `name`'s app accepted connections when it last answered,
+    /// if that answer is recent enough to act on.
+    pub fn app_up(&self, name: &str) -> Option<bool> {
+        let status = self.status(name);
+        let fresh = status
+            .last_seen
+            .is_some_and(|seen| seen.elapsed() < POLL_INTERVAL * 3);
+        (status.reachable && fresh)
+            .then_some(status.app_up)
+            .flatten()
+    }
+
     fn record(&self, name: &str, result: Result<EpochState, String>) {
         let Ok(mut table) = self.status.write() else {
             return;
@@ -74,6 +100,7 @@ impl PeerTable {
                     epoch: Some(epoch.epoch),
                     primary: Some(epoch.primary),
                     last_error: None,
+                    app_up: entry.app_up,
                     last_seen: Some(Instant::now()),
                 };
             }
@@ -81,6 +108,12 @@ impl PeerTable {
                 entry.reachable = false;
                 entry.last_error = Some(error);
             }
+        }
+    }
+
+    fn record_app(&self, name: &str, app_up: Option<bool>) {
+        if let Ok(mut table) = self.status.write() {
+            table.entry(name.to_owned()).or_default().app_up = app_up;
         }
     }
 
@@ -96,13 +129,17 @@ impl PeerTable {
             let (client, name, addr) = (client.clone(), peer.name.clone(), peer.cluster.clone());
             polls.spawn(async move {
                 let result = client
-                    .control::<EpochState>(&addr, Method::GET, "/_litegate/epoch", None::<&()>)
+                    .control::<PeerView>(&addr, Method::GET, "/_litegate/epoch", None::<&()>)
                     .await;
                 (name, result)
             });
         }
         let mut answers = Vec::new();
-        while let Some(Ok((name, result))) = polls.join_next().await {
+        while let Some(Ok((name, view))) = polls.join_next().await {
+            let result = view.map(|view| {
+                self.record_app(&name, view.app_up);
+                view.epoch
+            });
             if let Ok(state) = &result {
                 source.observe(state.epoch, &state.primary);
             }

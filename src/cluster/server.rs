@@ -20,10 +20,12 @@ use hyper::body::Incoming;
 use crate::primary::{Epoch, EpochState, PrimarySource};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::ProxyError;
+use crate::proxy::health::UpstreamHealth;
 use crate::proxy::server::Handler;
 use crate::proxy::{ConnInfo, Proxy};
 
 use super::auth::SharedSecret;
+use super::peers::PeerView;
 use super::raft::{self, RaftNode};
 
 pub struct ClusterService {
@@ -31,6 +33,8 @@ pub struct ClusterService {
     pub source: Arc<PrimarySource>,
     pub secret: Option<SharedSecret>,
     pub raft: Option<Arc<RaftNode>>,
+    /// This node's app health, told to peers (`None` on a witness).
+    pub app_health: Option<Arc<UpstreamHealth>>,
 }
 
 impl Handler for ClusterService {
@@ -73,7 +77,8 @@ impl Handler for ClusterService {
 impl ClusterService {
     /// This node's view of the primary: the static epoch state, or in
     /// other modes the current term and primary (peers use it to see who
-    /// answers).
+    /// answers); with whether this node's app accepts connections, which
+    /// app-aware leadership reads (`primary::app_aware`).
     fn epoch(&self) -> Response<ProxyBody> {
         let view = match &*self.source {
             PrimarySource::Static(s) => s.state(),
@@ -85,6 +90,10 @@ impl ClusterService {
                     promised: None,
                 }
             }
+        };
+        let view = PeerView {
+            epoch: view,
+            app_up: self.app_health.as_ref().map(|health| health.is_up()),
         };
         body::json_response(StatusCode::OK, &view)
     }

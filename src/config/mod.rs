@@ -231,6 +231,9 @@ pub struct PrimaryConfig {
     pub mode: PrimaryMode,
     #[serde(rename = "static")]
     pub static_primary: String,
+    /// Raft mode: how long the leader's own app may be unreachable before
+    /// leadership moves to a node whose app is healthy; 0 turns it off.
+    pub app_down_handoff: Duration,
 }
 
 impl Default for PrimaryConfig {
@@ -238,6 +241,7 @@ impl Default for PrimaryConfig {
         Self {
             mode: PrimaryMode::Raft,
             static_primary: String::new(),
+            app_down_handoff: Duration::from_secs(1),
         }
     }
 }

@@ -62,7 +62,7 @@ impl DurationBound {
     }
 }
 
-fn duration_bounds(c: &Config) -> [DurationBound; 15] {
+fn duration_bounds(c: &Config) -> [DurationBound; 16] {
     let bound = |key, value, min, max| DurationBound {
         key,
         value,
@@ -120,6 +120,12 @@ fn duration_bounds(c: &Config) -> [DurationBound; 15] {
             "upstream.health_interval",
             c.upstream.health_interval,
             NONZERO,
+            HOUR,
+        ),
+        bound(
+            "primary.app_down_handoff",
+            c.primary.app_down_handoff,
+            StdDuration::ZERO,
             HOUR,
         ),
         bound(
@@ -495,6 +501,9 @@ mod tests {
                 c.upstream.health_interval = d
             }),
             ("routing.primary_wait", |c, d| c.routing.primary_wait = d),
+            ("primary.app_down_handoff", |c, d| {
+                c.primary.app_down_handoff = d
+            }),
             ("consistency.wait_timeout", |c, d| {
                 c.consistency.wait_timeout = d
             }),

@@ -1,4 +1,9 @@
 //! LiteFS's HTTP API: `/info` and the `/events` stream.
+//!
+//! Every call is bounded by [`CALL_TIMEOUT`]: a LiteFS that accepts a
+//! connection and never answers must not freeze what this node believes
+//! about the primary. The `/events` body is open-ended by design; its
+//! liveness is the watcher's concern (see `watcher`).
 
 use bytes::BytesMut;
 use http::{Request, Uri};
@@ -6,6 +11,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use serde::Deserialize;
+use std::time::Duration;
+
+/// The longest a call to LiteFS may take, from sending the request to the
+/// last byte of `/info` (or to the response head of `/events`). LiteFS
+/// answers these from memory, so even a loaded node answers well within it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type ApiClient = Client<HttpConnector, Empty<bytes::Bytes>>;
 
@@ -64,22 +75,36 @@ pub fn parse_event(line: &[u8]) -> Result<Event, String> {
 }
 
 pub async fn info(client: &ApiClient, api: &Uri) -> Result<NodeInfo, String> {
-    let resp = get(client, api, "/info").await?;
-    let bytes = resp
-        .into_body()
-        .collect()
+    let call = async {
+        let resp = get(client, api, "/info").await?;
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())
+            .map(|body| body.to_bytes())
+    };
+    let bytes = tokio::time::timeout(CALL_TIMEOUT, call)
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+        .map_err(|_| timed_out("/info"))??;
     serde_json::from_slice(&bytes).map_err(|e| format!("LiteFS /info is not NodeInfo JSON: {e}"))
 }
 
 /// Opens `GET /events`; read it with [`EventReader`].
 pub async fn events(client: &ApiClient, api: &Uri) -> Result<EventReader, String> {
+    let resp = tokio::time::timeout(CALL_TIMEOUT, get(client, api, "/events"))
+        .await
+        .map_err(|_| timed_out("/events"))??;
     Ok(EventReader {
-        body: get(client, api, "/events").await?.into_body(),
+        body: resp.into_body(),
         buf: BytesMut::new(),
     })
+}
+
+fn timed_out(path: &str) -> String {
+    format!(
+        "LiteFS API did not answer {path} within {}",
+        humantime::format_duration(CALL_TIMEOUT)
+    )
 }
 
 async fn get(

@@ -8,6 +8,7 @@
 //! node's LiteFS says it is the primary.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role};
@@ -20,6 +21,9 @@ pub struct LitefsLease {
     /// `None`: no peer list, every hostname is taken as LiteFS gives it.
     names: Option<HashSet<String>>,
     cell: Arc<PrimaryCell>,
+    /// Whether the last view came from LiteFS's API (else from the
+    /// `.primary` file, while the API is down or not answering).
+    from_api: AtomicBool,
 }
 
 impl LitefsLease {
@@ -30,16 +34,36 @@ impl LitefsLease {
             me: Arc::from(me),
             names,
             cell,
+            from_api: AtomicBool::new(false),
         }
     }
 
     pub fn watch(&self) -> PrimaryWatch {
         self.cell.watch()
     }
+
+    /// For `/status`: where the current view comes from.
+    pub fn status(&self) -> serde_json::Value {
+        let source = if self.from_api.load(Ordering::Relaxed) {
+            "api"
+        } else {
+            "primary_file"
+        };
+        serde_json::json!({ "view_from": source })
+    }
 }
 
 impl Watcher for LitefsLease {
     fn lease(&self, view: LeaseView, from_api: bool) {
+        if self.from_api.swap(from_api, Ordering::Relaxed) != from_api {
+            if from_api {
+                tracing::info!("following LiteFS's API again");
+            } else {
+                tracing::warn!(
+                    "LiteFS's API is not answering: the view comes from the .primary file"
+                );
+            }
+        }
         let next = match view {
             LeaseView::Primary => PrimaryState {
                 role: Role::Primary,

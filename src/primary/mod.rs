@@ -2,6 +2,7 @@
 //! current [`PrimaryState`] on a watch channel; the request path only reads
 //! the latest value.
 
+pub mod app_aware;
 mod dev;
 mod litefs_lease;
 mod permit;

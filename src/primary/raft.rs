@@ -37,13 +37,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use serde_json::json;
 
+use super::app_aware::{self, AppWatch, DownClock};
 use super::raft_publisher::{age, LeadershipPublisher, Member};
 use super::write_gate::GatePass;
 use super::PrimaryWatch;
@@ -66,6 +67,11 @@ pub struct RaftLeadership {
     quiet: StartupQuiet,
     /// The term a witness last handed off in, so it asks once per term.
     witness_handoff_term: AtomicU64,
+    /// App health here and at the peers; set once the peer table exists.
+    apps: OnceLock<AppWatch>,
+    app_down: Mutex<DownClock>,
+    /// The term this leader last handed off in because its app was down.
+    app_handoff_term: AtomicU64,
 }
 
 impl std::fmt::Debug for RaftLeadership {
@@ -126,11 +132,19 @@ impl RaftLeadership {
             election_timeout_max: hi.get(),
             quiet,
             witness_handoff_term: AtomicU64::new(0),
+            apps: OnceLock::new(),
+            app_down: Mutex::new(DownClock::default()),
+            app_handoff_term: AtomicU64::new(0),
         })
     }
 
     pub fn watch(&self) -> PrimaryWatch {
         self.publisher.cell().watch()
+    }
+
+    /// Makes leadership app-aware (app nodes only; see [`app_aware`]).
+    pub fn watch_apps(&self, apps: AppWatch) {
+        let _ = self.apps.set(apps);
     }
 
     pub fn raft(&self) -> &LitegateRaft {
@@ -154,6 +168,8 @@ impl RaftLeadership {
         tokio::spawn(async move {
             let mut metrics = this.raft.metrics();
             let mut witness_tick = tokio::time::interval(this.election_timeout_max / 2);
+            let mut app_tick = tokio::time::interval(app_aware::RECHECK);
+            app_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let refresh_at = this.publisher.refresh(|| metrics.borrow_watched().clone());
                 let m = metrics.borrow_watched().clone();
@@ -162,22 +178,78 @@ impl RaftLeadership {
                 } else {
                     true
                 };
+                let app_may_campaign = this.app_duties(&m);
                 let quiet = this.quiet.holds(Instant::now());
                 this.raft
                     .runtime_config()
-                    .elect(!quiet && witness_may_campaign);
+                    .elect(!quiet && witness_may_campaign && app_may_campaign);
                 let quiet_ends = tokio::time::sleep_until(this.quiet.ends().into());
                 let hold_ends =
                     tokio::time::sleep_until(refresh_at.unwrap_or_else(Instant::now).into());
                 tokio::select! {
                     changed = metrics.changed() => if changed.is_err() { break },
                     _ = witness_tick.tick(), if this.witness => {}
+                    _ = app_tick.tick(), if this.apps.get().is_some() => {}
                     () = quiet_ends, if quiet => {}
                     () = hold_ends, if refresh_at.is_some() => {}
                     () = stop.begun() => break,
                 }
             }
         });
+    }
+
+    /// App-aware leadership: on a leader whose app has been down too long,
+    /// hands off to a node whose app is up; says whether this node may
+    /// campaign (not with its app down while another app is up).
+    fn app_duties(self: &Arc<Self>, m: &RaftMetrics<TypeConfig>) -> bool {
+        let Some(apps) = self.apps.get() else {
+            return true;
+        };
+        let own_up = apps.own.is_up();
+        let down_for = match self.app_down.lock() {
+            Ok(mut clock) => clock.observe(own_up, Instant::now()),
+            Err(_) => return true,
+        };
+        let healthy_peer = self.healthy_app_peers(m, apps).next().is_some();
+        if m.state == ServerState::Leader
+            && app_aware::should_hand_off(down_for, apps.down_handoff, healthy_peer)
+            && self.app_handoff_term.swap(m.current_term, Ordering::AcqRel) != m.current_term
+        {
+            tracing::warn!(
+                term = m.current_term,
+                down_for = %humantime::format_duration(down_for.unwrap_or_default()),
+                "this leader's app is unreachable; handing leadership to a node whose app is up"
+            );
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                match this.handoff_inner(None, true).await {
+                    Ok(to) => tracing::info!(to, "leadership moved away from a dead app"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not move leadership away from a dead app yet");
+                        // Try again at the next check.
+                        this.app_handoff_term.store(0, Ordering::Release);
+                    }
+                }
+            });
+        }
+        app_aware::may_campaign(own_up, healthy_peer)
+    }
+
+    /// The other app voters whose app a recent poll reported up.
+    fn healthy_app_peers<'a>(
+        &'a self,
+        m: &'a RaftMetrics<TypeConfig>,
+        apps: &'a AppWatch,
+    ) -> impl Iterator<Item = u64> + 'a {
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(move |id| *id != self.me)
+            .filter(move |id| {
+                self.publisher
+                    .member(*id)
+                    .is_some_and(|p| !p.witness && apps.peer_app_up(&p.name))
+            })
     }
 
     /// Hands off a leadership this witness won; otherwise says whether it
@@ -219,6 +291,16 @@ impl RaftLeadership {
     /// node, after the writes already at this node's app have finished.
     /// New writes are held meanwhile, not failed; they go to the new leader.
     pub async fn handoff(self: &Arc<Self>, to: Option<&str>) -> Result<String, HandoffError> {
+        self.handoff_inner(to, false).await
+    }
+
+    /// [`Self::handoff`]; with `healthy_app_only` and no `to`, only a node
+    /// whose app a recent poll reported up is a target.
+    async fn handoff_inner(
+        self: &Arc<Self>,
+        to: Option<&str>,
+        healthy_app_only: bool,
+    ) -> Result<String, HandoffError> {
         let m = self.metrics();
         if m.state != ServerState::Leader {
             return Err(HandoffError::NotLeader(
@@ -227,7 +309,7 @@ impl RaftLeadership {
                     .map(|p| p.name.to_string()),
             ));
         }
-        let (target, name) = self.handoff_target(&m, to)?;
+        let (target, name) = self.handoff_target(&m, to, healthy_app_only)?;
         if !self.publisher.begin_handoff(|| self.metrics()) {
             return Err(HandoffError::InProgress);
         }
@@ -290,6 +372,7 @@ impl RaftLeadership {
         &self,
         m: &RaftMetrics<TypeConfig>,
         to: Option<&str>,
+        healthy_app_only: bool,
     ) -> Result<(u64, String), HandoffError> {
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         let app_nodes = voters
@@ -305,13 +388,56 @@ impl RaftLeadership {
         }
         let recent = self.election_timeout_max * 2;
         let heard_recently = |id: &u64| ack_age(m, *id).is_some_and(|a| a < recent);
+        let app_up = |id: u64| {
+            self.apps.get().is_some_and(|apps| {
+                self.publisher
+                    .member(id)
+                    .is_some_and(|p| apps.peer_app_up(&p.name))
+            })
+        };
         app_nodes
             .filter(heard_recently)
-            // Most up-to-date first; among equals the lowest id, so the
-            // choice is predictable.
-            .max_by_key(|id| (matched_index(m, *id), std::cmp::Reverse(*id)))
+            .filter(|id| !healthy_app_only || app_up(*id))
+            // A node whose app is up first, then the most up-to-date; among
+            // equals the lowest id, so the choice is predictable.
+            .max_by_key(|id| (app_up(*id), matched_index(m, *id), std::cmp::Reverse(*id)))
             .and_then(|id| self.publisher.member(id).map(|p| (id, p.name.to_string())))
             .ok_or(HandoffError::NoTarget)
+    }
+
+    /// The membership as the Raft log holds it (`GET /members`, and
+    /// `raft.membership` in `/status`): every voter and learner with what
+    /// the log records about it.
+    pub fn membership(&self) -> serde_json::Value {
+        let m = self.metrics();
+        let stored = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = stored.voter_ids().collect();
+        let members: Vec<_> = stored
+            .nodes()
+            .map(|(id, node)| {
+                // A membership written before the log carried names reads
+                // them from `cluster.peers`.
+                let name = Some(node.name.as_str())
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .or_else(|| self.publisher.member(*id).map(|p| p.name.to_string()));
+                json!({
+                    "id": id,
+                    "name": name,
+                    "role": if voters.contains(id) { "voter" } else { "learner" },
+                    "cluster": node.addr,
+                    "public_url": Some(node.public_url.as_str()).filter(|u| !u.is_empty()),
+                    "witness": node.witness,
+                    "leader": m.current_leader == Some(*id),
+                    "matched_index": matched_index(&m, *id),
+                })
+            })
+            .collect();
+        json!({
+            "log_index": m.membership_config.log_id().as_ref().map(|l| l.index),
+            "joint": stored.get_joint_config().len() > 1,
+            "members": members,
+        })
     }
 
     /// The Raft part of `/status`.
@@ -332,6 +458,11 @@ impl RaftLeadership {
                     "leader": m.current_leader == Some(id),
                     "matched_index": matched,
                     "last_ack_ms_ago": acked_ms_ago,
+                    "app_up": if id == self.me {
+                        self.apps.get().map(|apps| apps.own.is_up())
+                    } else {
+                        self.apps.get().and_then(|apps| apps.peers.app_up(&p.name))
+                    },
                 })
             })
             .collect();
@@ -349,6 +480,7 @@ impl RaftLeadership {
             "takeover_hold_ms_left": ms_left(self.publisher.hold_ends(now), now),
             "startup_quiet_ms_left": ms_left(Some(self.quiet.ends()).filter(|end| *end > now), now),
             "peers": peers,
+            "membership": self.membership(),
         })
     }
 

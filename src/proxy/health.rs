@@ -48,12 +48,16 @@ impl UpstreamHealth {
                     _ = tick.tick() => {}
                     _ = shutdown.begun() => return,
                 }
-                let up = matches!(
-                    tokio::time::timeout(connect_timeout, TcpStream::connect(&address)).await,
-                    Ok(Ok(_))
-                );
-                health.set(up);
+                health.set(probe(&address, connect_timeout).await);
             }
         });
     }
+}
+
+/// Whether `address` accepts a TCP connection within `connect_timeout`.
+pub async fn probe(address: &str, connect_timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
 }

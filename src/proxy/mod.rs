@@ -335,6 +335,15 @@ impl Proxy {
             }
             // Deposed before a byte left: the sender may re-route it.
             Err(ProxyError::Fenced) => Err(self.not_primary()),
+            // The app refused the connection, so nothing reached it: the
+            // sender holds the write and routes it again (here, or to the
+            // node leadership moves to because this app is down) for up to
+            // its `routing.primary_wait`, as a write arriving here does.
+            Err(ProxyError::UpstreamUnreachable(error)) => {
+                tracing::debug!(%error, "the app refused a forwarded write; sending it back");
+                self.health.set(false);
+                Err(self.not_primary())
+            }
             Err(other) => Err(errors::blame_client_body(other, progress.fault()).for_write()),
         }
     }

@@ -5,11 +5,13 @@
 //! - [`network`]: RPCs to peers over the cluster listener.
 //! - [`rpc`]: the receiving end of those RPCs.
 //! - [`quiet`]: no votes and no campaign right after a start.
+//! - [`member`]: what the membership in the log records about a node.
 //!
 //! The Raft leader is the primary and its term is the fencing token: the
 //! standard leader id allows one leader per term. How leadership becomes
 //! routing lives in [`crate::primary::raft`].
 
+pub mod member;
 pub mod network;
 pub mod quiet;
 pub mod rpc;
@@ -19,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::client::PeerClient;
@@ -43,7 +45,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = (),
-        Node = BasicNode,
+        Node = member::MemberNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
@@ -115,11 +117,11 @@ pub async fn start(
         (true, false) => {}
         (false, true) => {
             let cluster = identity.create_cluster_id()?;
-            let members: BTreeMap<u64, BasicNode> = config
+            let members: BTreeMap<u64, member::MemberNode> = config
                 .cluster
                 .peers
                 .iter()
-                .map(|p| (p.id, BasicNode::new(&p.cluster)))
+                .map(|p| (p.id, member::MemberNode::from(p)))
                 .collect();
             raft.initialize(members)
                 .await

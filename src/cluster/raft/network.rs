@@ -18,7 +18,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
-use openraft::{BasicNode, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::{RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -37,7 +37,7 @@ pub struct Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerLink;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerLink {
+    async fn new_client(&mut self, target: u64, node: &super::member::MemberNode) -> PeerLink {
         PeerLink {
             net: self.clone(),
             target,
