@@ -18,6 +18,8 @@ use crate::cluster::role_hooks;
 use crate::cluster::server::ClusterService;
 use crate::config::{validate_upstream_url, Config, PrimaryMode};
 use crate::consistency::Position;
+use crate::lease::listener::LeaseHandler;
+use crate::lease::LeaseService;
 use crate::listen::fd_limit::FdLimits;
 use crate::litefs::{self, Watcher};
 use crate::metrics;
@@ -215,6 +217,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         Some(bind("public.listen", config.public.listen.0).await?)
     };
     let admin_listener = bind("admin.listen", config.admin.listen.0).await?;
+    let lease = lease_listener(
+        &config,
+        raft_node.as_ref(),
+        cluster_parts.as_ref(),
+        &caps,
+        &stop,
+    )
+    .await?;
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         node = %me,
@@ -236,6 +246,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             source: Arc::clone(&source),
             secret: parts.secret,
             raft: raft_node.clone(),
+            lease: lease.clone(),
         });
         let cluster_listener = Listener {
             name: "cluster",
@@ -262,6 +273,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         started: Instant::now(),
         cluster: cluster_admin,
         token: admin::load_token(&config.admin)?,
+        lease,
     });
     let admin_side = Listener {
         name: "admin",
@@ -327,6 +339,57 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         }
     }
     Ok(())
+}
+
+/// `[lease]`: serves LiteFS's Consul calls from this node's Raft on a
+/// loopback listener, and expires sessions while this node leads.
+async fn lease_listener(
+    config: &Config,
+    raft_node: Option<&Arc<raft::RaftNode>>,
+    cluster_parts: Option<&ClusterParts>,
+    caps: &ConnectionCaps,
+    stop: &shutdown::Shutdown,
+) -> Result<Option<Arc<LeaseService>>, NodeError> {
+    if config.lease.listen.is_empty() {
+        return Ok(None);
+    }
+    let (Some(node), Some(parts)) = (raft_node, cluster_parts) else {
+        return Err(NodeError::Setup(
+            "config key `lease.listen`: the lease needs primary.mode = \"raft\"".into(),
+        ));
+    };
+    let addr: SocketAddr = config.lease.listen.parse().map_err(|_| {
+        format!(
+            "config key `lease.listen`: {:?} is not IP:PORT",
+            config.lease.listen
+        )
+    })?;
+    let service = LeaseService::new(
+        config,
+        node.raft.clone(),
+        Arc::clone(&node.lease),
+        parts.client.clone(),
+    );
+    service.spawn_expiry(stop.clone());
+    let listener = bind("lease.listen", addr).await?;
+    tracing::info!(lease = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), key = %config.lease.key, "LiteFS lease listener up");
+    let handler = Arc::new(LeaseHandler {
+        service: Arc::clone(&service),
+        token: config.lease.token.clone(),
+        me: config.node.id.unwrap_or_default(),
+    });
+    let side = Listener {
+        name: "lease",
+        tls: None,
+        timeouts: Timeouts::from_config(config),
+        max_header_bytes: config.public.max_header_bytes,
+        max_connections: caps.admin,
+        http1_only: true,
+        shutdown_grace: config.public.shutdown_grace.get(),
+        count_connections: false,
+    };
+    tokio::spawn(side.serve(listener, handler, stop.clone()));
+    Ok(Some(service))
 }
 
 /// Each listener's connection cap: the configured one, lowered where the

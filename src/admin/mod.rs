@@ -38,6 +38,8 @@ pub struct AdminState {
     pub cluster: Option<ClusterAdmin>,
     /// Required as `Authorization: Bearer …` on POST endpoints when set.
     pub token: Option<String>,
+    /// LiteFS's lease from litegate's Raft, when `lease.listen` is set.
+    pub lease: Option<Arc<crate::lease::LeaseService>>,
 }
 
 /// Reads `admin.token_file`; refuses an admin listener reachable from other
@@ -136,6 +138,9 @@ async fn answer(
                 if let PrimarySource::Raft(leadership) = &*state.source {
                     leadership.refresh_gauges();
                 }
+                if let Some(lease) = &state.lease {
+                    lease.refresh_gauges();
+                }
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_fixed_histograms());
                 let mut resp = Response::new(body::full(text));
@@ -201,6 +206,7 @@ fn status(state: &AdminState) -> serde_json::Value {
             PrimarySource::Raft(leadership) => leadership.status(),
             _ => json!(null),
         },
+        "lease": state.lease.as_ref().map(|l| l.status()),
         "position": null,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),

@@ -26,6 +26,7 @@ pub struct Config {
     pub primary: PrimaryConfig,
     pub cluster: ClusterConfig,
     pub litefs: LitefsConfig,
+    pub lease: LeaseConfig,
     pub consistency: ConsistencyConfig,
     pub admin: AdminConfig,
     pub hooks: HooksConfig,
@@ -274,6 +275,30 @@ impl Default for LitefsConfig {
             mount: String::new(),
             api: "http://127.0.0.1:20202".to_owned(),
             db: "db.sqlite3".to_owned(),
+        }
+    }
+}
+
+/// LiteFS's lease served from litegate's Raft (raft mode): the Consul
+/// calls LiteFS makes, on a loopback listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Empty: no lease listener. Loopback `IP:PORT` otherwise.
+    pub listen: String,
+    /// What LiteFS must send as `X-Consul-Token` (the password of its
+    /// `lease.consul.url`). Required with `listen`.
+    pub token: String,
+    /// LiteFS's lease key: `path.Join(<URL path>, lease.consul.key)`.
+    pub key: String,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            token: String::new(),
+            key: "litefs/primary".to_owned(),
         }
     }
 }

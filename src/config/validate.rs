@@ -244,6 +244,9 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             );
         }
     }
+    if !c.lease.listen.is_empty() {
+        lease(c).map_err(|(key, m)| ConfigError::key(key, origin, m))?;
+    }
     if c.primary.mode == PrimaryMode::Dev {
         return Ok(());
     }
@@ -375,6 +378,32 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             "litefs.mount",
             "required when primary.mode = \"litefs\": the LiteFS FUSE mount directory, e.g. \"/litefs\"".into(),
         );
+    }
+    Ok(())
+}
+
+/// `[lease]`: LiteFS's lease from litegate's Raft, on loopback only.
+fn lease(c: &Config) -> Result<(), (&'static str, String)> {
+    let addr: std::net::SocketAddr = c.lease.listen.parse().map_err(|_| {
+        ("lease.listen", format!("{:?} is not IP:PORT: write e.g. \"127.0.0.1:8500\", or leave it empty for no lease listener", c.lease.listen))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(("lease.listen", format!("{addr} is not a loopback address: only the LiteFS on this node may hold its lease through it; use 127.0.0.1:PORT")));
+    }
+    if c.primary.mode != PrimaryMode::Raft {
+        return Err(("lease.listen", "the lease is kept in litegate's Raft log: set primary.mode = \"raft\", or leave lease.listen empty".into()));
+    }
+    if c.node.witness {
+        return Err((
+            "lease.listen",
+            "a witness runs no LiteFS: leave lease.listen empty on it".into(),
+        ));
+    }
+    if c.lease.token.is_empty() {
+        return Err(("lease.token", "required with lease.listen: the token LiteFS sends as X-Consul-Token (the password in its lease.consul.url, http://litefs:TOKEN@127.0.0.1:PORT)".into()));
+    }
+    if c.lease.key.is_empty() || c.lease.key.starts_with('/') {
+        return Err(("lease.key", "LiteFS's lease key without a leading /: the consul URL's path joined with lease.consul.key, e.g. \"litefs/primary\"".into()));
     }
     Ok(())
 }

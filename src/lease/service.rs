@@ -1,0 +1,525 @@
+//! Serving the Consul subset from Raft. Every node answers on its lease
+//! listener; the leader executes, the others forward to it over the cluster
+//! listener with the time that is left, or answer `500` at once when no
+//! leader is known. Changes are log entries ([`LeaseCommand`]); renewals and
+//! reads are answered by the leader after a read-index round, so a deposed
+//! leader never renews a session.
+//!
+//! TTL timers live on the leader only, in memory. A new leader starts every
+//! session's timer afresh, so it waits a whole TTL before it expires a
+//! session whose renewals went to its predecessor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::Method;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::consul::{self, Answer, Op};
+use super::machine::LeaseMachine;
+use super::state::{LeaseCommand, Session};
+use crate::cluster::client::PeerClient;
+use crate::cluster::raft::{Command, LitegateRaft};
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+
+/// Every request is answered within this, forwarded or not, so LiteFS
+/// (whose HTTP client has no timeout) always gets an answer it can act on.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(900);
+
+/// How often the leader looks for expired sessions.
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
+
+/// The cluster-listener path a follower forwards a call to.
+pub const FORWARD_PATH: &str = "/_litegate/lease";
+
+/// A Consul call carried from a follower to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// Base64: a KV value may be any bytes.
+    pub body: String,
+    /// The node whose LiteFS made the call.
+    pub origin: u64,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    /// The term these timers belong to; a new term starts them afresh.
+    term: u64,
+    renewed: HashMap<String, Instant>,
+}
+
+pub struct LeaseService {
+    raft: LitegateRaft,
+    me: u64,
+    machine: Arc<LeaseMachine>,
+    client: PeerClient,
+    cluster_addrs: BTreeMap<u64, String>,
+    names: BTreeMap<u64, String>,
+    /// LiteFS's key (`lease.key`): whose lock is the database's primary.
+    key: String,
+    timers: Mutex<Timers>,
+    session_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for LeaseService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseService")
+            .field("me", &self.me)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseService {
+    pub fn new(
+        config: &Config,
+        raft: LitegateRaft,
+        machine: Arc<LeaseMachine>,
+        client: PeerClient,
+    ) -> Arc<Self> {
+        let peers = &config.cluster.peers;
+        Arc::new(Self {
+            raft,
+            me: config.node.id.unwrap_or_default(),
+            machine,
+            client,
+            cluster_addrs: peers.iter().map(|p| (p.id, p.cluster.clone())).collect(),
+            names: peers.iter().map(|p| (p.id, p.name.clone())).collect(),
+            key: config.lease.key.clone(),
+            timers: Mutex::new(Timers::default()),
+            session_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn machine(&self) -> &Arc<LeaseMachine> {
+        &self.machine
+    }
+
+    /// Answers one call from the LiteFS on node `origin`, within
+    /// [`ANSWER_WITHIN`].
+    pub async fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+        origin: u64,
+    ) -> Answer {
+        let op = match consul::parse(method, path, query, body) {
+            Ok(op) => op,
+            Err(refusal) => return refusal,
+        };
+        if op == Op::Register {
+            // One shared pseudo-node for every LiteFS; nothing to record.
+            return Answer::bool(true);
+        }
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        let leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.state == ServerState::Leader, m.current_leader)
+        };
+        let work = async {
+            match leader {
+                (true, _) => self.execute(op, origin).await,
+                (false, Some(id)) if id != self.me => {
+                    self.forward(id, method, path, query, body, origin, deadline)
+                        .await
+                }
+                _ => Answer::error(
+                    500,
+                    "No cluster leader: litegate's Raft has no leader right now",
+                ),
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(answer) => answer,
+            Err(_) => Answer::error(500, "no answer from litegate's Raft leader in time"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        leader: u64,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+        origin: u64,
+        deadline: Instant,
+    ) -> Answer {
+        let Some(addr) = self.cluster_addrs.get(&leader) else {
+            return Answer::error(
+                500,
+                format!("the Raft leader (node {leader}) is not in cluster.peers"),
+            );
+        };
+        let call = Forwarded {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+            origin,
+        };
+        let Ok(bytes) = serde_json::to_vec(&call) else {
+            return Answer::error(500, "cannot encode the call for the leader");
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self
+            .client
+            .call(addr, Method::POST, FORWARD_PATH, &[], bytes, left)
+            .await
+        {
+            Ok((status, reply)) if status.is_success() => serde_json::from_slice(&reply)
+                .unwrap_or_else(|_| {
+                    Answer::error(500, "the Raft leader's answer was not understood")
+                }),
+            Ok((status, reply)) => Answer::error(
+                500,
+                format!(
+                    "the Raft leader refused the call: {status} {}",
+                    String::from_utf8_lossy(&reply).trim()
+                ),
+            ),
+            Err(error) => Answer::error(500, format!("cannot reach the Raft leader: {error}")),
+        }
+    }
+
+    /// A call forwarded by a follower (the cluster listener's route).
+    pub async fn answer_forwarded(&self, call: Forwarded) -> Answer {
+        let Ok(body) = base64::engine::general_purpose::STANDARD.decode(&call.body) else {
+            return Answer::error(400, "forwarded lease call: body is not base64");
+        };
+        let leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.state == ServerState::Leader
+        };
+        if !leader {
+            // One hop only: a follower's view of the leader was stale.
+            return Answer::error(
+                500,
+                "No cluster leader: this node is no longer litegate's Raft leader",
+            );
+        }
+        match consul::parse(&call.method, &call.path, call.query.as_deref(), &body) {
+            Ok(op) => {
+                match tokio::time::timeout(ANSWER_WITHIN, self.execute(op, call.origin)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        Answer::error(500, "the Raft leader could not commit the change in time")
+                    }
+                }
+            }
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Leader only.
+    async fn execute(&self, op: Op, origin: u64) -> Answer {
+        match op {
+            Op::Register => Answer::bool(true),
+            Op::CreateSession {
+                name,
+                node,
+                ttl_ms,
+                lock_delay_ms,
+                behavior,
+            } => {
+                let id = self.new_session_id();
+                let session = Session {
+                    id: id.clone(),
+                    name,
+                    node,
+                    ttl_ms,
+                    lock_delay_ms,
+                    behavior,
+                    create_index: 0,
+                    owner: origin,
+                };
+                match self.propose(LeaseCommand::CreateSession(session)).await {
+                    Ok(_) => {
+                        self.timers().renewed.insert(id.clone(), Instant::now());
+                        Answer::json(&json!({ "ID": id }), None)
+                    }
+                    Err(e) => e,
+                }
+            }
+            Op::RenewSession(id) => {
+                if let Err(e) = self.linearize().await {
+                    return e;
+                }
+                let found = self.machine.read(|t| {
+                    t.state.sessions.get(&id).map(|s| {
+                        let holds = t
+                            .state
+                            .kv
+                            .values()
+                            .any(|e| e.session.as_deref() == Some(&id));
+                        (consul::session_json(s), holds)
+                    })
+                });
+                match found {
+                    // LiteFS on a node that no longer leads must give up the
+                    // lease: a 404 makes it step down at once.
+                    Some((_, true)) if origin != self.me => Answer::error(
+                        404,
+                        format!("Session id '{id}' not found: its lock is only renewed from litegate's Raft leader's node"),
+                    ),
+                    Some((session, _)) => {
+                        self.timers().renewed.insert(id, Instant::now());
+                        Answer::json(&json!([session]), None)
+                    }
+                    None => Answer::error(404, format!("Session id '{id}' not found")),
+                }
+            }
+            Op::DestroySession(id) => {
+                let result = self
+                    .propose(LeaseCommand::DestroySession { id: id.clone() })
+                    .await;
+                self.timers().renewed.remove(&id);
+                result.map_or_else(|e| e, |_| Answer::bool(true))
+            }
+            Op::Get(key) => {
+                let index = match self.linearize().await {
+                    Ok(()) => self.machine.read(|t| t.state.index),
+                    Err(e) => return e,
+                };
+                match self
+                    .machine
+                    .read(|t| t.state.kv.get(&key).map(|e| consul::entry_json(&key, e)))
+                {
+                    Some(entry) => Answer::json(&json!([entry]), Some(index)),
+                    None => Answer {
+                        status: 404,
+                        body: String::new(),
+                        index: Some(index),
+                    },
+                }
+            }
+            Op::Put { key, value } => self
+                .propose(LeaseCommand::Put { key, value })
+                .await
+                .map_or_else(|e| e, Answer::bool),
+            Op::Acquire {
+                key,
+                value,
+                session,
+            } => {
+                // Refusals that need no log entry, as Consul answers them.
+                let now = Instant::now();
+                let (known, delayed) = self.machine.read(|t| {
+                    (
+                        t.state.sessions.contains_key(&session),
+                        t.lock_delayed(&key, now),
+                    )
+                });
+                if !known {
+                    return Answer::error(500, format!("invalid session \"{session}\""));
+                }
+                if delayed || origin != self.me {
+                    return Answer::bool(false);
+                }
+                let granted = self
+                    .propose(LeaseCommand::Acquire {
+                        key,
+                        value,
+                        session: session.clone(),
+                        origin,
+                        leader: self.me,
+                    })
+                    .await;
+                if matches!(granted, Ok(true)) {
+                    self.timers().renewed.insert(session, Instant::now());
+                }
+                granted.map_or_else(|e| e, Answer::bool)
+            }
+            Op::Release {
+                key,
+                value,
+                session,
+            } => self
+                .propose(LeaseCommand::Release {
+                    key,
+                    value,
+                    session,
+                })
+                .await
+                .map_or_else(|e| e, Answer::bool),
+        }
+    }
+
+    async fn propose(&self, command: LeaseCommand) -> Result<bool, Answer> {
+        self.raft
+            .client_write(Command::Lease(command))
+            .await
+            .map(|r| r.data)
+            .map_err(|e| Answer::error(500, format!("No cluster leader: {e}")))
+    }
+
+    /// Confirms with a quorum that this node still leads, and waits until
+    /// everything committed before is applied.
+    async fn linearize(&self) -> Result<(), Answer> {
+        self.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+            .map_err(|e| Answer::error(500, format!("No cluster leader: {e}")))
+    }
+
+    fn new_session_id(&self) -> String {
+        let seq = self.session_seq.fetch_add(1, Ordering::Relaxed);
+        let state = std::collections::hash_map::RandomState::new();
+        let a = state.hash_one((self.me, seq, std::time::SystemTime::now()));
+        let b = std::collections::hash_map::RandomState::new().hash_one((seq, self.me));
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
+    }
+
+    fn timers(&self) -> MutexGuard<'_, Timers> {
+        self.timers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// On the leader, expires sessions not renewed for a whole TTL (an
+    /// expiry is a log entry); elsewhere keeps no timers.
+    pub fn spawn_expiry(self: &Arc<Self>, mut stop: Shutdown) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRY_TICK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.begun() => break,
+                }
+                for id in this.expired(Instant::now()) {
+                    tracing::info!(session = %id, "LiteFS lease session expired (no renew for its TTL)");
+                    let command = LeaseCommand::DestroySession { id: id.clone() };
+                    match tokio::time::timeout(ANSWER_WITHIN, this.propose(command)).await {
+                        Ok(Ok(_)) => {
+                            this.timers().renewed.remove(&id);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(session = %id, error = %e.body.trim(), "could not expire the session")
+                        }
+                        Err(_) => {
+                            tracing::warn!(session = %id, "could not expire the session in time")
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Sessions whose TTL ran out at `now`, by this leader's timers.
+    fn expired(&self, now: Instant) -> Vec<String> {
+        let (leading, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        let mut timers = self.timers();
+        if !leading || timers.term != term {
+            timers.term = if leading { term } else { 0 };
+            timers.renewed.clear();
+        }
+        if !leading {
+            return Vec::new();
+        }
+        let sessions: Vec<(String, u64)> = self.machine.read(|t| {
+            t.state
+                .sessions
+                .values()
+                .map(|s| (s.id.clone(), s.ttl_ms))
+                .collect()
+        });
+        let live: std::collections::HashSet<&str> =
+            sessions.iter().map(|(id, _)| id.as_str()).collect();
+        timers.renewed.retain(|id, _| live.contains(id.as_str()));
+        sessions
+            .into_iter()
+            .filter(|(id, ttl_ms)| {
+                // First seen by this leader: its TTL starts now.
+                let renewed = *timers.renewed.entry(id.clone()).or_insert(now);
+                now >= renewed + Duration::from_millis(*ttl_ms)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Who holds LiteFS's key: the holder's node, session and lock index.
+    pub fn holder(&self) -> Option<Holder> {
+        self.machine.read(|t| {
+            t.holder(&self.key).map(|(s, lock_index)| Holder {
+                node: s.owner,
+                session: s.id.clone(),
+                lock_index,
+                ttl: Duration::from_millis(s.ttl_ms),
+            })
+        })
+    }
+
+    /// The `lease` part of `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let holder = self.holder();
+        let ttl_left_ms = holder.as_ref().and_then(|h| {
+            let timers = self.timers();
+            timers.renewed.get(&h.session).map(|at| {
+                u64::try_from(
+                    (*at + h.ttl)
+                        .saturating_duration_since(Instant::now())
+                        .as_millis(),
+                )
+                .unwrap_or(u64::MAX)
+            })
+        });
+        let sessions = self.machine.read(|t| t.state.sessions.len());
+        json!({
+            "key": self.key,
+            "holder": holder.as_ref().map(|h| json!({
+                "node": self.names.get(&h.node),
+                "session": h.session,
+                "lock_index": h.lock_index,
+                "ttl_ms": u64::try_from(h.ttl.as_millis()).unwrap_or(u64::MAX),
+            })),
+            // Known on the leader only: it alone keeps the timers.
+            "ttl_left_ms": ttl_left_ms,
+            "sessions": sessions,
+        })
+    }
+
+    /// Gauges brought up to date for a scrape.
+    pub fn refresh_gauges(&self) {
+        let holder = self.holder();
+        crate::metrics::set_lease_gauges(
+            holder.as_ref().is_some_and(|h| h.node == self.me),
+            holder.map_or(0, |h| h.lock_index),
+            self.machine.read(|t| t.state.sessions.len()),
+        );
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub node: u64,
+    pub session: String,
+    pub lock_index: u64,
+    pub ttl: Duration,
+}
