@@ -23,7 +23,9 @@ use crate::lease::LeaseService;
 use crate::listen::fd_limit::FdLimits;
 use crate::litefs::{self, Watcher};
 use crate::metrics;
-use crate::primary::{DevPrimary, LitefsLease, PrimarySource, RaftLeadership, Role, StaticPrimary};
+use crate::primary::{
+    DevPrimary, LitefsLease, PrimarySource, RaftLeadership, RaftLease, Role, StaticPrimary,
+};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
 use crate::proxy::server::{Listener, Timeouts};
@@ -133,8 +135,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             let node = Arc::new(raft::start(&config, client, options.bootstrap).await?);
             let leadership = RaftLeadership::new(node.raft.clone(), &config, node.quiet);
             leadership.spawn(stop.clone());
+            let source = if config.lease.listen.is_empty() {
+                PrimarySource::Raft(leadership)
+            } else {
+                let routing = RaftLease::new(leadership, Arc::clone(&node.lease), &config);
+                routing.spawn(stop.clone());
+                PrimarySource::RaftLease(routing)
+            };
             raft_node = Some(node);
-            PrimarySource::Raft(leadership)
+            source
         }
     });
     metrics::set_is_primary(source.watch().current().role == Role::Primary);
@@ -298,7 +307,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let leaving_source = Arc::clone(&source);
     tokio::spawn(async move {
         let name = signals.next().await;
-        if let PrimarySource::Raft(leadership) = &*leaving_source {
+        if let Some(leadership) = leaving_source.raft() {
             if leadership.raft().is_leader() {
                 tracing::info!(signal = name, "handing leadership off before exiting");
                 tokio::select! {

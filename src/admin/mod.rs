@@ -135,7 +135,7 @@ async fn answer(
             },
             "/status" => body::json_response(StatusCode::OK, &status(state)),
             "/metrics" => {
-                if let PrimarySource::Raft(leadership) = &*state.source {
+                if let Some(leadership) = state.source.raft() {
                     leadership.refresh_gauges();
                 }
                 if let Some(lease) = &state.lease {
@@ -202,10 +202,7 @@ fn status(state: &AdminState) -> serde_json::Value {
             }
             _ => json!(null),
         },
-        "raft": match &*state.source {
-            PrimarySource::Raft(leadership) => leadership.status(),
-            _ => json!(null),
-        },
+        "raft": state.source.raft().map_or(json!(null), |l| l.status()),
         "lease": state.lease.as_ref().map(|l| l.status()),
         "position": null,
         "version": env!("CARGO_PKG_VERSION"),
@@ -248,7 +245,7 @@ fn authorize(
 /// Raft mode: the leader hands leadership to `?to=NAME` or the most
 /// up-to-date app node (docs/design.md §5).
 async fn handoff(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
-    let PrimarySource::Raft(leadership) = &*state.source else {
+    let Some(leadership) = state.source.raft() else {
         return body::text_response(
             StatusCode::CONFLICT,
             "handoff transfers Raft leadership; in static mode run `litegate promote` on the node that should become primary\n",
