@@ -48,12 +48,21 @@ def _skip_reason() -> str | None:
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
+def mounted(mount: Path) -> bool:
+    """From /proc/mounts: a dead FUSE mount fails stat, so os.path.ismount
+    would say it is gone."""
+    target = str(mount)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
+
+
 def unmount(mount: Path) -> None:
-    for _ in range(20):
-        if not os.path.ismount(mount):
+    for _ in range(50):
+        if not mounted(mount):
             return
         subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True, timeout=10)
         time.sleep(0.1)
+    raise RuntimeError(f"{mount} is still mounted after 50 tries of fusermount3 -u -z")
 
 
 class LiteNode:

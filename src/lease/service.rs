@@ -523,3 +523,431 @@ pub struct Holder {
     pub lock_index: u64,
     pub ttl: Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::{Peer, PrimaryMode};
+    use crate::proxy::server::{Listener, Timeouts};
+
+    struct OneNode {
+        service: Arc<LeaseService>,
+        raft: LitegateRaft,
+        dir: PathBuf,
+        config: Config,
+        _trigger: crate::shutdown::Trigger,
+        stop: Shutdown,
+    }
+
+    /// A one-node Raft cluster with the lease on top, in process.
+    async fn one_node(tag: &str) -> OneNode {
+        let dir = std::env::temp_dir().join(format!("litegate-lease-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = Config::default();
+        config.node.id = Some(1);
+        config.node.name = "n1".into();
+        config.primary.mode = PrimaryMode::Raft;
+        config.cluster.data_dir = dir.clone();
+        config.cluster.peers = vec![Peer {
+            id: 1,
+            name: "n1".into(),
+            cluster: "127.0.0.1:9".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            witness: false,
+        }];
+        config.lease.token = "t0ken".into();
+        let client =
+            PeerClient::new(None, None, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        let node = crate::cluster::raft::start(&config, client.clone(), true)
+            .await
+            .unwrap();
+        // The start-up quiet period keeps a fresh node from campaigning.
+        node.raft.runtime_config().elect(true);
+        node.raft
+            .wait(Some(Duration::from_secs(10)))
+            .state(ServerState::Leader, "one node elects itself")
+            .await
+            .unwrap();
+        let service =
+            LeaseService::new(&config, node.raft.clone(), Arc::clone(&node.lease), client);
+        let (trigger, stop) = crate::shutdown::channel();
+        service.spawn_expiry(stop.clone());
+        OneNode {
+            service,
+            raft: node.raft.clone(),
+            dir,
+            config,
+            _trigger: trigger,
+            stop,
+        }
+    }
+
+    impl OneNode {
+        async fn call(
+            &self,
+            method: &str,
+            path: &str,
+            query: Option<&str>,
+            body: &str,
+            origin: u64,
+        ) -> Answer {
+            self.service
+                .answer(method, path, query, body.as_bytes(), origin)
+                .await
+        }
+
+        async fn session(&self, ttl: &str, lock_delay: &str) -> String {
+            let body = format!(
+                r#"{{"Behavior":"delete","LockDelay":"{lock_delay}","Name":"litefs","NodeChecks":[],"TTL":"{ttl}"}}"#
+            );
+            let a = self.call("PUT", "/v1/session/create", None, &body, 1).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            let v: Value = serde_json::from_str(&a.body).unwrap();
+            v["ID"].as_str().unwrap().to_owned()
+        }
+
+        async fn get(&self, key: &str) -> Option<Value> {
+            let a = self
+                .call("GET", &format!("/v1/kv/{key}"), None, "", 1)
+                .await;
+            assert!(a.index.is_some(), "X-Consul-Index on every KV read");
+            match a.status {
+                200 => Some(serde_json::from_str::<Value>(&a.body).unwrap()[0].clone()),
+                404 => None,
+                other => panic!("GET {key}: {other} {}", a.body),
+            }
+        }
+
+        async fn finish(self) {
+            self.raft.shutdown().await.unwrap();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Polls `check` every 50 ms for at most `limit`.
+    async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acquire_renew_release_destroy_with_consuls_answers() {
+        let n = one_node("calls").await;
+        let s1 = n.session("10s", "1s").await;
+        let s2 = n.session("10s", "1s").await;
+        assert_eq!(n.get("litefs/primary").await, None);
+        // Expiry after one TTL without a renew (Consul waits up to two).
+        let now = Instant::now();
+        assert!(n
+            .service
+            .expired(now + Duration::from_secs(10))
+            .contains(&s1));
+        assert!(!n
+            .service
+            .expired(now + Duration::from_secs(9))
+            .contains(&s1));
+
+        let a = n
+            .call(
+                "PUT",
+                "/v1/kv/litefs/primary",
+                Some(&format!("acquire={s1}")),
+                r#"{"hostname":"n1"}"#,
+                1,
+            )
+            .await;
+        assert_eq!((a.status, a.body.as_str()), (200, "true"));
+        let e = n.get("litefs/primary").await.unwrap();
+        assert_eq!(e["Session"], json!(s1));
+        assert_eq!(e["LockIndex"], json!(1));
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(e["Value"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(value, br#"{"hostname":"n1"}"#);
+
+        // Another session, or the same from a node that does not lead: refused.
+        let a = n
+            .call(
+                "PUT",
+                "/v1/kv/litefs/primary",
+                Some(&format!("acquire={s2}")),
+                "x",
+                1,
+            )
+            .await;
+        assert_eq!(a.body, "false");
+        let a = n
+            .call(
+                "PUT",
+                "/v1/kv/litefs/primary",
+                Some(&format!("acquire={s1}")),
+                "x",
+                2,
+            )
+            .await;
+        assert_eq!(a.body, "false");
+        let a = n
+            .call("PUT", "/v1/kv/litefs/primary", Some("acquire=nope"), "x", 1)
+            .await;
+        assert_eq!(
+            a.status, 500,
+            "an unknown session is an error, as in Consul"
+        );
+
+        // Renewals: the holder from the leader's node; 404 for an unknown
+        // session, and for the holder renewing from another node (step down).
+        let a = n
+            .call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 1)
+            .await;
+        assert_eq!(a.status, 200);
+        let renewed: Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(renewed[0]["ID"], json!(s1));
+        assert_eq!(
+            n.call("PUT", "/v1/session/renew/nope", None, "", 1)
+                .await
+                .status,
+            404
+        );
+        assert_eq!(
+            n.call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 2)
+                .await
+                .status,
+            404
+        );
+        assert_eq!(
+            n.call("PUT", &format!("/v1/session/renew/{s2}"), None, "", 2)
+                .await
+                .status,
+            200
+        );
+
+        // A plain put keeps the lock; release empties the value (LiteFS sends no body).
+        let a = n
+            .call("PUT", "/v1/kv/litefs/primary/clusterid", None, "LFSC1", 1)
+            .await;
+        assert_eq!(a.body, "true");
+        assert_eq!(
+            n.call(
+                "PUT",
+                "/v1/kv/litefs/primary",
+                Some(&format!("release={s2}")),
+                "",
+                1
+            )
+            .await
+            .body,
+            "false"
+        );
+        assert_eq!(
+            n.call(
+                "PUT",
+                "/v1/kv/litefs/primary",
+                Some(&format!("release={s1}")),
+                "",
+                1
+            )
+            .await
+            .body,
+            "true"
+        );
+        let e = n.get("litefs/primary").await.unwrap();
+        assert_eq!(e["Value"], Value::Null);
+        assert!(e.get("Session").is_none());
+        assert_eq!(e["LockIndex"], json!(1));
+
+        // Graceful: release, then destroy; no lock delay, the next one gets it at once.
+        assert_eq!(
+            n.call("PUT", &format!("/v1/session/destroy/{s1}"), None, "", 1)
+                .await
+                .body,
+            "true"
+        );
+        assert_eq!(
+            n.call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 1)
+                .await
+                .status,
+            404
+        );
+        let a = n
+            .call(
+                "PUT",
+                "/v1/kv/litefs/primary",
+                Some(&format!("acquire={s2}")),
+                "n1b",
+                1,
+            )
+            .await;
+        assert_eq!(a.body, "true");
+        assert_eq!(
+            n.get("litefs/primary").await.unwrap()["LockIndex"],
+            json!(2)
+        );
+        assert_eq!(
+            n.get("litefs/primary/clusterid").await.unwrap()["Value"],
+            json!(base64::engine::general_purpose::STANDARD.encode("LFSC1"))
+        );
+        n.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unrenewed_session_expires_after_its_ttl_then_the_lock_delay_holds_the_key() {
+        let n = one_node("expiry").await;
+        let s1 = n.session("1s", "600ms").await;
+        let a = n
+            .call("PUT", "/v1/kv/k", Some(&format!("acquire={s1}")), "n1", 1)
+            .await;
+        assert_eq!(a.body, "true");
+        // Not renewed: deleted (Behavior=delete) once the TTL ran out.
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                n.get("k").await.is_none()
+            })
+            .await
+        );
+        assert_eq!(
+            n.call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 1)
+                .await
+                .status,
+            404
+        );
+        let expired_at = Instant::now();
+        let s2 = n.session("10s", "0s").await;
+        let first = n
+            .call("PUT", "/v1/kv/k", Some(&format!("acquire={s2}")), "n1", 1)
+            .await;
+        if expired_at.elapsed() < Duration::from_millis(500) {
+            assert_eq!(first.body, "false", "inside the lock delay");
+        }
+        let granted = eventually(Duration::from_secs(5), || async {
+            n.call("PUT", "/v1/kv/k", Some(&format!("acquire={s2}")), "n1", 1)
+                .await
+                .body
+                == "true"
+        })
+        .await;
+        assert!(granted, "the lock delay ends");
+        n.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewed_session_outlives_its_ttl() {
+        let n = one_node("renew").await;
+        let s1 = n.session("1s", "0s").await;
+        assert_eq!(
+            n.call("PUT", "/v1/kv/k", Some(&format!("acquire={s1}")), "v", 1)
+                .await
+                .body,
+            "true"
+        );
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                n.call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 1)
+                    .await
+                    .status,
+                200
+            );
+        }
+        assert_eq!(n.get("k").await.unwrap()["Session"], json!(s1));
+        n.finish().await;
+    }
+
+    async fn http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out[9..12].parse().unwrap();
+        (status, out)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_listener_checks_the_token_and_names_what_it_does_not_serve() {
+        let n = one_node("listener").await;
+        let handler = Arc::new(super::super::listener::LeaseHandler {
+            service: Arc::clone(&n.service),
+            token: n.config.lease.token.clone(),
+            me: 1,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let side = Listener {
+            name: "lease",
+            tls: None,
+            timeouts: Timeouts::from_config(&n.config),
+            max_header_bytes: 65536,
+            max_connections: 16,
+            http1_only: true,
+            shutdown_grace: Duration::from_secs(1),
+            count_connections: false,
+        };
+        tokio::spawn(side.serve(listener, handler, n.stop.clone()));
+
+        let (status, _) = http(
+            addr,
+            "PUT /v1/catalog/register HTTP/1.1\r\nX-Consul-Token: wrong",
+            "{}",
+        )
+        .await;
+        assert_eq!(status, 403);
+        let (status, _) = http(addr, "PUT /v1/catalog/register HTTP/1.1", "{}").await;
+        assert_eq!(status, 403, "no token");
+        let (status, out) = http(
+            addr,
+            "PUT /v1/catalog/register HTTP/1.1\r\nX-Consul-Token: t0ken",
+            "{}",
+        )
+        .await;
+        assert_eq!(status, 200, "{out}");
+        let (status, out) = http(
+            addr,
+            "GET /v1/health/state/any HTTP/1.1\r\nX-Consul-Token: t0ken",
+            "",
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert!(
+            out.contains("GET /v1/health/state/any is not supported"),
+            "{out}"
+        );
+        let (status, out) = http(
+            addr,
+            "GET /v1/kv/k?index=3 HTTP/1.1\r\nX-Consul-Token: t0ken",
+            "",
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(out.contains("`index`"), "{out}");
+        let (status, out) = http(
+            addr,
+            "GET /v1/kv/missing HTTP/1.1\r\nX-Consul-Token: t0ken",
+            "",
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert!(
+            out.to_ascii_lowercase().contains("x-consul-index:"),
+            "{out}"
+        );
+        n.finish().await;
+    }
+}
