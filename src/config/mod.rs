@@ -291,6 +291,9 @@ pub struct LeaseConfig {
     pub token: String,
     /// LiteFS's lease key: `path.Join(<URL path>, lease.consul.key)`.
     pub key: String,
+    /// A Raft leader whose LiteFS has not taken the lease this long after
+    /// the election hands leadership to another node.
+    pub takeover_timeout: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -299,6 +302,7 @@ impl Default for LeaseConfig {
             listen: String::new(),
             token: String::new(),
             key: "litefs/primary".to_owned(),
+            takeover_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -402,6 +402,10 @@ fn lease(c: &Config) -> Result<(), (&'static str, String)> {
     if c.lease.token.is_empty() {
         return Err(("lease.token", "required with lease.listen: the token LiteFS sends as X-Consul-Token (the password in its lease.consul.url, http://litefs:TOKEN@127.0.0.1:PORT)".into()));
     }
+    let takeover = c.lease.takeover_timeout.get();
+    if !(StdDuration::from_secs(1)..=HOUR).contains(&takeover) {
+        return Err(("lease.takeover_timeout", "must be from 1s to 1h, and longer than LiteFS's lease TTL + lock-delay + 1s (a dead holder's session must expire first), e.g. \"30s\"".into()));
+    }
     if c.lease.key.is_empty() || c.lease.key.starts_with('/') {
         return Err(("lease.key", "LiteFS's lease key without a leading /: the consul URL's path joined with lease.consul.key, e.g. \"litefs/primary\"".into()));
     }
@@ -612,5 +616,52 @@ mod tests {
         validate(&c, &Origin::Flags).unwrap();
         c.routing.upgrade_protocols = vec!["websocket".into(), "x-custom".into()];
         validate(&c, &Origin::Flags).unwrap();
+    }
+
+    #[test]
+    fn the_lease_needs_raft_loopback_and_a_token() {
+        let mut c = Config::default();
+        c.node.id = Some(1);
+        c.node.name = "a".into();
+        c.cluster.insecure = true;
+        c.cluster.listen = crate::config::ListenAddr(([127, 0, 0, 1], 7070).into());
+        c.cluster.peers = vec![crate::config::Peer {
+            id: 1,
+            name: "a".into(),
+            cluster: "127.0.0.1:7070".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            witness: false,
+        }];
+        validate(&c, &Origin::Flags).unwrap();
+        c.lease.listen = "127.0.0.1:8500".into();
+        assert!(refusal(&c).contains("lease.token"), "{}", refusal(&c));
+        c.lease.token = "t".into();
+        validate(&c, &Origin::Flags).unwrap();
+        c.lease.listen = "0.0.0.0:8500".into();
+        assert!(
+            refusal(&c).contains("not a loopback address"),
+            "{}",
+            refusal(&c)
+        );
+        c.lease.listen = "localhost".into();
+        assert!(refusal(&c).contains("lease.listen"), "{}", refusal(&c));
+        c.lease.listen = "127.0.0.1:8500".into();
+        c.lease.takeover_timeout = duration("0s");
+        assert!(
+            refusal(&c).contains("lease.takeover_timeout"),
+            "{}",
+            refusal(&c)
+        );
+        c.lease.takeover_timeout = duration("30s");
+        c.lease.key = "/litefs/primary".into();
+        assert!(refusal(&c).contains("lease.key"), "{}", refusal(&c));
+        c.lease.key = "litefs/primary".into();
+        c.primary.mode = PrimaryMode::Static;
+        c.primary.static_primary = "a".into();
+        assert!(
+            refusal(&c).contains("primary.mode = \"raft\""),
+            "{}",
+            refusal(&c)
+        );
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 
@@ -32,6 +32,7 @@ pub struct RaftLease {
     me: u64,
     names: BTreeMap<u64, Arc<str>>,
     cell: Arc<PrimaryCell>,
+    takeover_timeout: Duration,
 }
 
 impl std::fmt::Debug for RaftLease {
@@ -61,6 +62,7 @@ impl RaftLease {
                 .map(|p| (p.id, Arc::from(p.name.as_str())))
                 .collect(),
             cell: PrimaryCell::new(PrimaryState::unknown()),
+            takeover_timeout: config.lease.takeover_timeout.get(),
         })
     }
 
@@ -120,21 +122,119 @@ impl RaftLease {
             let mut lease_changes = this.machine.subscribe();
             let mut metrics = this.leadership.raft().metrics();
             let mut raft_watch = this.leadership.watch();
+            let mut waiting = Takeover::default();
             loop {
                 raft_watch.mark_seen();
-                let next = this.compute(&raft_watch.current());
+                let raft = raft_watch.current();
+                let next = this.compute(&raft);
                 let me_primary = next.role == Role::Primary;
                 if this.cell.publish(next) {
                     crate::metrics::set_is_primary(me_primary);
                 }
-                let far = Instant::now() + std::time::Duration::from_secs(3600);
+                let now = Instant::now();
+                let leading = raft.role == Role::Primary;
+                let deadline = waiting.update(
+                    leading && !me_primary,
+                    raft.term,
+                    now,
+                    this.takeover_timeout,
+                );
+                if deadline.is_some_and(|d| now >= d) {
+                    waiting.gave_up(raft.term);
+                    this.hand_on();
+                }
+                let wake = deadline.unwrap_or(now + Duration::from_secs(3600));
                 tokio::select! {
                     changed = lease_changes.changed() => if changed.is_err() { break },
                     changed = metrics.changed() => if changed.is_err() { break },
-                    _ = raft_watch.changed_before(far) => {}
+                    _ = raft_watch.changed_before(wake) => {}
                     () = stop.begun() => break,
                 }
             }
         });
+    }
+
+    /// This node leads but its LiteFS did not take the lease in time (it
+    /// is down, or not a candidate): leadership goes to another node.
+    fn hand_on(&self) {
+        let leadership = Arc::clone(&self.leadership);
+        tracing::warn!(
+            waited = %humantime::format_duration(self.takeover_timeout),
+            "this node's LiteFS has not taken the lease since it became the Raft leader; handing leadership on"
+        );
+        tokio::spawn(async move {
+            match leadership.handoff(None).await {
+                Ok(to) => tracing::info!(%to, "handed leadership on"),
+                Err(error) => tracing::warn!(%error, "could not hand leadership on"),
+            }
+        });
+    }
+}
+
+/// How long this leader has waited for its LiteFS to take the lease.
+#[derive(Debug, Default)]
+struct Takeover {
+    /// The term and the moment this node started waiting in it.
+    since: Option<(u64, Instant)>,
+    /// The term it last gave up in: one handoff attempt per term.
+    gave_up_in: Option<u64>,
+}
+
+impl Takeover {
+    /// When to give up, if this node is waiting (`waiting`) in `term`.
+    fn update(
+        &mut self,
+        waiting: bool,
+        term: u64,
+        now: Instant,
+        limit: Duration,
+    ) -> Option<Instant> {
+        if !waiting || self.gave_up_in == Some(term) {
+            self.since = None;
+            return None;
+        }
+        let since = match self.since {
+            Some((t, at)) if t == term => at,
+            _ => {
+                self.since = Some((term, now));
+                now
+            }
+        };
+        Some(since + limit)
+    }
+
+    fn gave_up(&mut self, term: u64) {
+        self.gave_up_in = Some(term);
+        self.since = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_without_the_lease_gives_up_once_per_term() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(30);
+        let mut w = Takeover::default();
+        assert_eq!(w.update(true, 3, t0, limit), Some(t0 + limit));
+        // Later looks in the same term keep the first deadline.
+        assert_eq!(
+            w.update(true, 3, t0 + Duration::from_secs(5), limit),
+            Some(t0 + limit)
+        );
+        // The lease arrived: no deadline; waiting again starts afresh.
+        assert_eq!(w.update(false, 3, t0 + Duration::from_secs(6), limit), None);
+        let t1 = t0 + Duration::from_secs(7);
+        assert_eq!(w.update(true, 3, t1, limit), Some(t1 + limit));
+        w.gave_up(3);
+        assert_eq!(w.update(true, 3, t1 + limit, limit), None, "once per term");
+        let t2 = t1 + limit + Duration::from_secs(1);
+        assert_eq!(
+            w.update(true, 4, t2, limit),
+            Some(t2 + limit),
+            "a new term waits again"
+        );
     }
 }
