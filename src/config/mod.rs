@@ -287,13 +287,21 @@ pub struct LeaseConfig {
     /// Empty: no lease listener. Loopback `IP:PORT` otherwise.
     pub listen: String,
     /// What LiteFS must send as `X-Consul-Token` (the password of its
-    /// `lease.consul.url`). Required with `listen`.
+    /// `lease.consul.url`). Required with `listen`. Never printed by
+    /// `litegate check`.
+    #[serde(serialize_with = "redacted")]
     pub token: String,
     /// LiteFS's lease key: `path.Join(<URL path>, lease.consul.key)`.
     pub key: String,
     /// A Raft leader whose LiteFS has not taken the lease this long after
     /// the election hands leadership to another node.
     pub takeover_timeout: Duration,
+}
+
+/// A secret in the effective config `litegate check` prints: whether it is
+/// set, not what it is.
+fn redacted<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
 }
 
 impl Default for LeaseConfig {

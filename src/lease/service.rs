@@ -845,6 +845,30 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_term_restarts_every_ttl_timer() {
+        let n = one_node("term").await;
+        let s1 = n.session("10s", "0s").await;
+        let t0 = Instant::now();
+        assert!(n
+            .service
+            .expired(t0 + Duration::from_secs(10))
+            .contains(&s1));
+        // As if leadership had moved: the timers belong to another term.
+        n.service.timers().term = 0;
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(
+            n.service.expired(t1).is_empty(),
+            "first seen by this term: a whole TTL from now"
+        );
+        assert!(!n.service.expired(t1 + Duration::from_secs(9)).contains(&s1));
+        assert!(n
+            .service
+            .expired(t1 + Duration::from_secs(10))
+            .contains(&s1));
+        n.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_renewed_session_outlives_its_ttl() {
         let n = one_node("renew").await;
         let s1 = n.session("1s", "0s").await;
