@@ -9,6 +9,7 @@ pub mod config;
 pub mod consistency;
 pub mod demo;
 pub mod durable;
+pub mod lease;
 pub mod listen;
 pub mod litefs;
 pub mod metrics;

@@ -21,6 +21,9 @@ pub const FORWARD_RETRIES_TOTAL: &str = "litegate_forward_retries_total";
 pub const PRIMARY_CHANGES_TOTAL: &str = "litegate_primary_changes_total";
 pub const RAFT_TERM: &str = "litegate_raft_term";
 pub const RAFT_LAST_QUORUM_ACK_SECONDS: &str = "litegate_raft_last_quorum_ack_seconds";
+pub const LEASE_HELD: &str = "litegate_lease_held";
+pub const LEASE_LOCK_INDEX: &str = "litegate_lease_lock_index";
+pub const LEASE_SESSIONS: &str = "litegate_lease_sessions";
 pub const CONSISTENCY_WAIT_SECONDS: &str = "litegate_consistency_wait_seconds";
 pub const CONSISTENCY_WAIT_TIMEOUTS_TOTAL: &str = "litegate_consistency_wait_timeouts_total";
 
@@ -114,6 +117,18 @@ fn describe() {
         "On the Raft leader: seconds since a quorum last acknowledged it; -1 elsewhere."
     );
     describe_gauge!(
+        LEASE_HELD,
+        "1 when this node's LiteFS holds the lease served from litegate's Raft ([lease])."
+    );
+    describe_gauge!(
+        LEASE_LOCK_INDEX,
+        "The lock index of LiteFS's lease key (it grows with every new holder); 0 while nobody holds it."
+    );
+    describe_gauge!(
+        LEASE_SESSIONS,
+        "Live lease sessions in litegate's Raft state."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
     );
@@ -199,6 +214,12 @@ pub fn set_raft_term(term: u64) {
 
 pub fn set_raft_last_quorum_ack(age: Option<Duration>) {
     gauge!(RAFT_LAST_QUORUM_ACK_SECONDS).set(age.map_or(-1.0, |a| a.as_secs_f64()));
+}
+
+pub fn set_lease_gauges(held_here: bool, lock_index: u64, sessions: usize) {
+    gauge!(LEASE_HELD).set(if held_here { 1.0 } else { 0.0 });
+    gauge!(LEASE_LOCK_INDEX).set(lock_index as f64);
+    gauge!(LEASE_SESSIONS).set(sessions as f64);
 }
 
 pub fn record_forward(elapsed: Duration) {

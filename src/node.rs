@@ -19,11 +19,15 @@ use crate::cluster::role_hooks;
 use crate::cluster::server::ClusterService;
 use crate::config::{validate_upstream_url, Config, PrimaryMode};
 use crate::consistency::Position;
+use crate::lease::listener::LeaseHandler;
+use crate::lease::LeaseService;
 use crate::listen::fd_limit::FdLimits;
 use crate::litefs::{self, Watcher};
 use crate::metrics;
 use crate::primary::app_aware::AppWatch;
-use crate::primary::{DevPrimary, LitefsLease, PrimarySource, RaftLeadership, Role, StaticPrimary};
+use crate::primary::{
+    DevPrimary, LitefsLease, PrimarySource, RaftLeadership, RaftLease, Role, StaticPrimary,
+};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
 use crate::proxy::server::{Listener, Timeouts};
@@ -144,8 +148,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             let node = Arc::new(raft::start(&config, client, options.bootstrap).await?);
             let leadership = RaftLeadership::new(node.raft.clone(), &config, node.quiet);
             leadership.spawn(stop.clone());
+            let source = if config.lease.listen.is_empty() {
+                PrimarySource::Raft(leadership)
+            } else {
+                let routing = RaftLease::new(leadership, Arc::clone(&node.lease), &config);
+                routing.spawn(stop.clone());
+                PrimarySource::RaftLease(routing)
+            };
             raft_node = Some(node);
-            PrimarySource::Raft(leadership)
+            source
         }
     });
     metrics::set_is_primary(source.watch().current().role == Role::Primary);
@@ -199,9 +210,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         peers.spawn_poller(parts.client.clone(), Arc::clone(&source), stop.clone());
         peers
     });
-    if let (PrimarySource::Raft(leadership), Some(peers), false) =
-        (&*source, &peers, config.node.witness)
-    {
+    if let (Some(leadership), Some(peers), false) = (source.raft(), &peers, config.node.witness) {
         leadership.watch_apps(AppWatch::new(
             Arc::clone(&health),
             Arc::clone(peers),
@@ -265,6 +274,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         Some(bind("public.listen", config.public.listen.0).await?)
     };
     let admin_listener = bind("admin.listen", config.admin.listen.0).await?;
+    let lease = lease_listener(
+        &config,
+        raft_node.as_ref(),
+        cluster_parts.as_ref(),
+        &caps,
+        &stop,
+    )
+    .await?;
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         node = %me,
@@ -287,6 +304,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             secret: parts.secret,
             raft: raft_node.clone(),
             app_health: (!config.node.witness).then(|| Arc::clone(&health)),
+            lease: lease.clone(),
         });
         let cluster_listener = Listener {
             name: "cluster",
@@ -313,6 +331,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         started: Instant::now(),
         cluster: cluster_admin,
         token: admin::load_token(&config.admin)?,
+        lease,
     });
     let admin_side = Listener {
         name: "admin",
@@ -338,7 +357,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     tokio::spawn(async move {
         let name = signals.next().await;
         systemd::stopping();
-        if let PrimarySource::Raft(leadership) = &*leaving_source {
+        if let Some(leadership) = leaving_source.raft() {
             if leadership.raft().is_leader() {
                 tracing::info!(signal = name, "handing leadership off before exiting");
                 tokio::select! {
@@ -381,6 +400,57 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         }
     }
     Ok(())
+}
+
+/// `[lease]`: serves LiteFS's Consul calls from this node's Raft on a
+/// loopback listener, and expires sessions while this node leads.
+async fn lease_listener(
+    config: &Config,
+    raft_node: Option<&Arc<raft::RaftNode>>,
+    cluster_parts: Option<&ClusterParts>,
+    caps: &ConnectionCaps,
+    stop: &shutdown::Shutdown,
+) -> Result<Option<Arc<LeaseService>>, NodeError> {
+    if config.lease.listen.is_empty() {
+        return Ok(None);
+    }
+    let (Some(node), Some(parts)) = (raft_node, cluster_parts) else {
+        return Err(NodeError::Setup(
+            "config key `lease.listen`: the lease needs primary.mode = \"raft\"".into(),
+        ));
+    };
+    let addr: SocketAddr = config.lease.listen.parse().map_err(|_| {
+        format!(
+            "config key `lease.listen`: {:?} is not IP:PORT",
+            config.lease.listen
+        )
+    })?;
+    let service = LeaseService::new(
+        config,
+        node.raft.clone(),
+        Arc::clone(&node.lease),
+        parts.client.clone(),
+    );
+    service.spawn_expiry(stop.clone());
+    let listener = bind("lease.listen", addr).await?;
+    tracing::info!(lease = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), key = %config.lease.key, "LiteFS lease listener up");
+    let handler = Arc::new(LeaseHandler {
+        service: Arc::clone(&service),
+        token: config.lease.token.clone(),
+        me: config.node.id.unwrap_or_default(),
+    });
+    let side = Listener {
+        name: "lease",
+        tls: None,
+        timeouts: Timeouts::live(config),
+        max_header_bytes: config.public.max_header_bytes,
+        max_connections: caps.admin,
+        http1_only: true,
+        shutdown_grace: config.public.shutdown_grace.get(),
+        count_connections: false,
+    };
+    tokio::spawn(side.serve(listener, handler, stop.clone()));
+    Ok(Some(service))
 }
 
 /// Each listener's connection cap: the configured one, lowered where the

@@ -38,6 +38,8 @@ pub struct AdminState {
     pub cluster: Option<ClusterAdmin>,
     /// Required as `Authorization: Bearer …` on POST endpoints when set.
     pub token: Option<String>,
+    /// LiteFS's lease from litegate's Raft, when `lease.listen` is set.
+    pub lease: Option<Arc<crate::lease::LeaseService>>,
 }
 
 /// Reads `admin.token_file`; refuses an admin listener reachable from other
@@ -132,16 +134,19 @@ async fn answer(
                 _ => body::text_response(StatusCode::SERVICE_UNAVAILABLE, "not a replica with a known primary\n"),
             },
             "/status" => body::json_response(StatusCode::OK, &status(state)),
-            "/members" => match &*state.source {
-                PrimarySource::Raft(leadership) => body::json_response(StatusCode::OK, &leadership.membership()),
-                _ => body::text_response(
+            "/members" => match state.source.raft() {
+                Some(leadership) => body::json_response(StatusCode::OK, &leadership.membership()),
+                None => body::text_response(
                     StatusCode::CONFLICT,
                     "membership is kept in the Raft log; this node is not in raft mode (its members are cluster.peers)\n",
                 ),
             },
             "/metrics" => {
-                if let PrimarySource::Raft(leadership) = &*state.source {
+                if let Some(leadership) = state.source.raft() {
                     leadership.refresh_gauges();
+                }
+                if let Some(lease) = &state.lease {
+                    lease.refresh_gauges();
                 }
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_fixed_histograms());
@@ -204,10 +209,8 @@ fn status(state: &AdminState) -> serde_json::Value {
             }
             _ => json!(null),
         },
-        "raft": match &*state.source {
-            PrimarySource::Raft(leadership) => leadership.status(),
-            _ => json!(null),
-        },
+        "raft": state.source.raft().map_or(json!(null), |l| l.status()),
+        "lease": state.lease.as_ref().map(|l| l.status()),
         "litefs": match &*state.source {
             PrimarySource::Litefs(lease) => lease.status(),
             _ => json!(null),
@@ -253,7 +256,7 @@ fn authorize(
 /// Raft mode: the leader hands leadership to `?to=NAME` or the most
 /// up-to-date app node (docs/design.md §5).
 async fn handoff(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
-    let PrimarySource::Raft(leadership) = &*state.source else {
+    let Some(leadership) = state.source.raft() else {
         return body::text_response(
             StatusCode::CONFLICT,
             "handoff transfers Raft leadership; in static mode run `litegate promote` on the node that should become primary\n",

@@ -35,6 +35,8 @@ pub struct ClusterService {
     pub raft: Option<Arc<RaftNode>>,
     /// This node's app health, told to peers (`None` on a witness).
     pub app_health: Option<Arc<UpstreamHealth>>,
+    /// LiteFS's lease: calls forwarded by followers to this leader.
+    pub lease: Option<Arc<crate::lease::LeaseService>>,
 }
 
 impl Handler for ClusterService {
@@ -66,6 +68,7 @@ impl Handler for ClusterService {
                     ),
                 }
             }
+            (&Method::POST, crate::lease::service::FORWARD_PATH) => self.lease_call(req).await,
             (_, path) if path.starts_with("/_litegate/") => {
                 body::text_response(StatusCode::NOT_FOUND, "no such cluster endpoint\n")
             }
@@ -75,6 +78,26 @@ impl Handler for ClusterService {
 }
 
 impl ClusterService {
+    /// A Consul call a follower's LiteFS made, for this leader to execute.
+    async fn lease_call(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Some(lease) = &self.lease else {
+            return body::text_response(
+                StatusCode::NOT_FOUND,
+                "this node serves no LiteFS lease: set lease.listen on every node\n",
+            );
+        };
+        let bytes = match Limited::new(req.into_body(), 256 * 1024).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                return body::text_response(StatusCode::BAD_REQUEST, "lease call unreadable\n")
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(call) => body::json_response(StatusCode::OK, &lease.answer_forwarded(call).await),
+            Err(e) => body::text_response(StatusCode::BAD_REQUEST, format!("lease call: {e}\n")),
+        }
+    }
+
     /// This node's view of the primary: the static epoch state, or in
     /// other modes the current term and primary (peers use it to see who
     /// answers); with whether this node's app accepts connections, which

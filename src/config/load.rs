@@ -20,6 +20,7 @@ const SECTIONS: &[&str] = &[
     "public",
     "litefs",
     "admin",
+    "lease",
     "hooks",
     "node",
 ];

@@ -26,6 +26,7 @@ pub struct Config {
     pub primary: PrimaryConfig,
     pub cluster: ClusterConfig,
     pub litefs: LitefsConfig,
+    pub lease: LeaseConfig,
     pub consistency: ConsistencyConfig,
     pub admin: AdminConfig,
     pub hooks: HooksConfig,
@@ -309,6 +310,42 @@ impl Default for LitefsConfig {
             mount: String::new(),
             api: "http://127.0.0.1:20202".to_owned(),
             db: "db.sqlite3".to_owned(),
+        }
+    }
+}
+
+/// LiteFS's lease served from litegate's Raft (raft mode): the Consul
+/// calls LiteFS makes, on a loopback listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Empty: no lease listener. Loopback `IP:PORT` otherwise.
+    pub listen: String,
+    /// What LiteFS must send as `X-Consul-Token` (the password of its
+    /// `lease.consul.url`). Required with `listen`. Never printed by
+    /// `litegate check`.
+    #[serde(serialize_with = "redacted")]
+    pub token: String,
+    /// LiteFS's lease key: `path.Join(<URL path>, lease.consul.key)`.
+    pub key: String,
+    /// A Raft leader whose LiteFS has not taken the lease this long after
+    /// the election hands leadership to another node.
+    pub takeover_timeout: Duration,
+}
+
+/// A secret in the effective config `litegate check` prints: whether it is
+/// set, not what it is.
+fn redacted<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            token: String::new(),
+            key: "litefs/primary".to_owned(),
+            takeover_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -250,6 +250,9 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             );
         }
     }
+    if !c.lease.listen.is_empty() {
+        lease(c).map_err(|(key, m)| ConfigError::key(key, origin, m))?;
+    }
     if c.primary.mode == PrimaryMode::Dev {
         return Ok(());
     }
@@ -384,6 +387,36 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             "mutual TLS needs all three of cluster.tls_ca, cluster.tls_cert and cluster.tls_key"
                 .into(),
         );
+    }
+    Ok(())
+}
+
+/// `[lease]`: LiteFS's lease from litegate's Raft, on loopback only.
+fn lease(c: &Config) -> Result<(), (&'static str, String)> {
+    let addr: std::net::SocketAddr = c.lease.listen.parse().map_err(|_| {
+        ("lease.listen", format!("{:?} is not IP:PORT: write e.g. \"127.0.0.1:8500\", or leave it empty for no lease listener", c.lease.listen))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(("lease.listen", format!("{addr} is not a loopback address: only the LiteFS on this node may hold its lease through it; use 127.0.0.1:PORT")));
+    }
+    if c.primary.mode != PrimaryMode::Raft {
+        return Err(("lease.listen", "the lease is kept in litegate's Raft log: set primary.mode = \"raft\", or leave lease.listen empty".into()));
+    }
+    if c.node.witness {
+        return Err((
+            "lease.listen",
+            "a witness runs no LiteFS: leave lease.listen empty on it".into(),
+        ));
+    }
+    if c.lease.token.is_empty() {
+        return Err(("lease.token", "required with lease.listen: the token LiteFS sends as X-Consul-Token (the password in its lease.consul.url, http://litefs:TOKEN@127.0.0.1:PORT)".into()));
+    }
+    let takeover = c.lease.takeover_timeout.get();
+    if !(StdDuration::from_secs(1)..=HOUR).contains(&takeover) {
+        return Err(("lease.takeover_timeout", "must be from 1s to 1h, and longer than LiteFS's lease TTL + lock-delay + 1s (a dead holder's session must expire first), e.g. \"30s\"".into()));
+    }
+    if c.lease.key.is_empty() || c.lease.key.starts_with('/') {
+        return Err(("lease.key", "LiteFS's lease key without a leading /: the consul URL's path joined with lease.consul.key, e.g. \"litefs/primary\"".into()));
     }
     Ok(())
 }
@@ -616,5 +649,52 @@ mod tests {
         validate(&c, &Origin::Flags).unwrap();
         c.routing.upgrade_protocols = vec!["websocket".into(), "x-custom".into()];
         validate(&c, &Origin::Flags).unwrap();
+    }
+
+    #[test]
+    fn the_lease_needs_raft_loopback_and_a_token() {
+        let mut c = Config::default();
+        c.node.id = Some(1);
+        c.node.name = "a".into();
+        c.cluster.insecure = true;
+        c.cluster.listen = crate::config::ListenAddr(([127, 0, 0, 1], 7070).into());
+        c.cluster.peers = vec![crate::config::Peer {
+            id: 1,
+            name: "a".into(),
+            cluster: "127.0.0.1:7070".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            witness: false,
+        }];
+        validate(&c, &Origin::Flags).unwrap();
+        c.lease.listen = "127.0.0.1:8500".into();
+        assert!(refusal(&c).contains("lease.token"), "{}", refusal(&c));
+        c.lease.token = "t".into();
+        validate(&c, &Origin::Flags).unwrap();
+        c.lease.listen = "0.0.0.0:8500".into();
+        assert!(
+            refusal(&c).contains("not a loopback address"),
+            "{}",
+            refusal(&c)
+        );
+        c.lease.listen = "localhost".into();
+        assert!(refusal(&c).contains("lease.listen"), "{}", refusal(&c));
+        c.lease.listen = "127.0.0.1:8500".into();
+        c.lease.takeover_timeout = duration("0s");
+        assert!(
+            refusal(&c).contains("lease.takeover_timeout"),
+            "{}",
+            refusal(&c)
+        );
+        c.lease.takeover_timeout = duration("30s");
+        c.lease.key = "/litefs/primary".into();
+        assert!(refusal(&c).contains("lease.key"), "{}", refusal(&c));
+        c.lease.key = "litefs/primary".into();
+        c.primary.mode = PrimaryMode::Static;
+        c.primary.static_primary = "a".into();
+        assert!(
+            refusal(&c).contains("primary.mode = \"raft\""),
+            "{}",
+            refusal(&c)
+        );
     }
 }

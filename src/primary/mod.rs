@@ -7,6 +7,7 @@ mod dev;
 mod litefs_lease;
 mod permit;
 pub mod raft;
+mod raft_lease;
 mod raft_publisher;
 mod static_primary;
 pub mod static_promote;
@@ -22,6 +23,7 @@ pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
 pub use permit::WritePermit;
 pub use raft::RaftLeadership;
+pub use raft_lease::RaftLease;
 pub use static_primary::{Epoch, EpochState, PromoteError, StaticPrimary, Vote};
 use write_gate::GatePass;
 
@@ -32,6 +34,8 @@ pub enum PrimarySource {
     Static(Arc<StaticPrimary>),
     Litefs(Arc<LitefsLease>),
     Raft(Arc<RaftLeadership>),
+    /// Raft mode with `[lease]`: the primary is where LiteFS's lease is.
+    RaftLease(Arc<RaftLease>),
 }
 
 impl PrimarySource {
@@ -41,6 +45,17 @@ impl PrimarySource {
             PrimarySource::Static(s) => s.watch(),
             PrimarySource::Litefs(l) => l.watch(),
             PrimarySource::Raft(r) => r.watch(),
+            PrimarySource::RaftLease(l) => l.watch(),
+        }
+    }
+
+    /// Raft's leadership, in the modes that elect with Raft (handoff,
+    /// status, gauges).
+    pub fn raft(&self) -> Option<&Arc<RaftLeadership>> {
+        match self {
+            PrimarySource::Raft(r) => Some(r),
+            PrimarySource::RaftLease(l) => Some(l.leadership()),
+            _ => None,
         }
     }
 
@@ -52,6 +67,7 @@ impl PrimarySource {
     pub fn write_permit(&self, watch: &PrimaryWatch) -> Option<WritePermit> {
         let in_flight = match self {
             PrimarySource::Raft(r) => Some(r.write_permit()?),
+            PrimarySource::RaftLease(l) => return l.write_permit(),
             _ => None,
         };
         watch.permit(in_flight)
@@ -67,7 +83,9 @@ impl PrimarySource {
             // The permit's lease is the fence. A sender that is behind
             // still reached the leader; one that knows a newer term knows
             // this node is deposed.
-            PrimarySource::Raft(_) => sender_term.is_none_or(|t| t <= term),
+            PrimarySource::Raft(_) | PrimarySource::RaftLease(_) => {
+                sender_term.is_none_or(|t| t <= term)
+            }
             // LiteFS fences its own writes and has no cluster-wide term.
             PrimarySource::Litefs(_) => true,
         }

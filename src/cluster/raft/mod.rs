@@ -28,23 +28,28 @@ use crate::cluster::client::PeerClient;
 use crate::config::Config;
 
 /// What litegate's Raft log carries besides blank entries and membership.
-/// Nothing yet; the type exists so the log format can grow (runtime
-/// membership, a LiteFS lease) without a new file format.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     Noop,
+    /// A change to LiteFS's lease (sessions and KV, [`crate::lease`]).
+    Lease(crate::lease::state::LeaseCommand),
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("noop")
+        match self {
+            Command::Noop => f.write_str("noop"),
+            Command::Lease(c) => write!(f, "lease {c:?}"),
+        }
     }
 }
 
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
-        R = (),
+        // Whether the command took effect: Consul's true/false for a
+        // lease acquire or release, true otherwise.
+        R = bool,
         Node = member::MemberNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
@@ -56,6 +61,8 @@ pub struct RaftNode {
     pub raft: LitegateRaft,
     pub identity: Arc<store::IdentityFile>,
     pub quiet: quiet::StartupQuiet,
+    /// LiteFS's lease as the state machine applies it.
+    pub lease: Arc<crate::lease::LeaseMachine>,
 }
 
 /// Opens the data dir, starts openraft, and — with `bootstrap` on a node
@@ -75,6 +82,7 @@ pub async fn start(
     let identity = Arc::new(store::IdentityFile::open(data_dir, me)?);
     let log = store::LogStore::open(data_dir)?;
     let state_machine = store::StateMachine::open(data_dir)?;
+    let lease = state_machine.lease();
     let [lo, hi] = config.cluster.election_timeout;
     let raft_config = openraft::Config {
         cluster_name: "litegate".to_owned(),
@@ -136,6 +144,7 @@ pub async fn start(
         raft,
         identity,
         quiet,
+        lease,
     })
 }
 

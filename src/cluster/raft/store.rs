@@ -290,11 +290,23 @@ struct Applied {
     membership: StoredMembershipOf<TypeConfig>,
 }
 
+/// The snapshot file: the metadata, and the application state as one
+/// opaque blob (the lease's sessions and KV). A file written before the
+/// blob existed reads as an empty one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotFile {
+    #[serde(flatten)]
+    meta: SnapshotMetaOf<TypeConfig>,
+    #[serde(default)]
+    data: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     path: Arc<PathBuf>,
     applied: Arc<Mutex<Applied>>,
-    snapshot: Arc<Mutex<Option<SnapshotMetaOf<TypeConfig>>>>,
+    snapshot: Arc<Mutex<Option<SnapshotFile>>>,
+    lease: Arc<crate::lease::LeaseMachine>,
 }
 
 impl StateMachine {
@@ -302,25 +314,40 @@ impl StateMachine {
     /// log after it.
     pub fn open(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join(SNAPSHOT_FILE);
-        let snapshot = durable::read_json::<SnapshotMetaOf<TypeConfig>>(&path, RESTORE)?;
+        let snapshot = durable::read_json::<SnapshotFile>(&path, RESTORE)?;
         let applied = snapshot
             .as_ref()
-            .map(|meta| Applied {
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
+            .map(|file| Applied {
+                last_applied: file.meta.last_log_id,
+                membership: file.meta.last_membership.clone(),
             })
             .unwrap_or_default();
+        let lease = crate::lease::LeaseMachine::new();
+        if let Some(file) = &snapshot {
+            lease.restore(&file.data).map_err(|e| {
+                format!(
+                    "{}: the lease state is damaged ({e}); {RESTORE}",
+                    path.display()
+                )
+            })?;
+        }
         Ok(Self {
             path: Arc::new(path),
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(snapshot)),
+            lease,
         })
     }
 
-    async fn save_snapshot(&self, meta: SnapshotMetaOf<TypeConfig>) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&meta).map_err(io::Error::other)?;
+    /// The lease state this state machine applies to.
+    pub fn lease(&self) -> Arc<crate::lease::LeaseMachine> {
+        Arc::clone(&self.lease)
+    }
+
+    async fn save_snapshot(&self, file: SnapshotFile) -> io::Result<()> {
+        let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
         durable::replace_file_off_thread(Arc::clone(&self.path), bytes).await?;
-        *lock(&self.snapshot) = Some(meta);
+        *lock(&self.snapshot) = Some(file);
         Ok(())
     }
 }
@@ -329,15 +356,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let applied = lock(&self.applied).clone();
+        // The lease state is taken under the same lock as the applied log
+        // id, so the blob is exactly the state at that id.
+        let (applied, data) = {
+            let applied = lock(&self.applied);
+            (applied.clone(), self.lease.snapshot()?)
+        };
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: applied.last_applied,
             last_membership: applied.membership,
         };
-        self.save_snapshot(meta.clone()).await?;
+        self.save_snapshot(SnapshotFile {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .await?;
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
-            snapshot: Vec::new(),
+            snapshot: data,
         })
     }
 }
@@ -359,16 +395,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            {
+            let result = {
                 let mut applied = lock(&self.applied);
                 applied.last_applied = Some(entry.log_id());
                 if let Some(membership) = entry.get_membership() {
                     applied.membership =
                         StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), membership);
                 }
-            }
+                match &entry.payload {
+                    openraft::EntryPayload::Normal(super::Command::Lease(command)) => {
+                        self.lease.apply(command.clone(), entry.index())
+                    }
+                    _ => true,
+                }
+            };
             if let Some(responder) = responder {
-                responder.send(());
+                responder.send(result);
             }
         }
         Ok(())
@@ -381,10 +423,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        _snapshot: Vec<u8>,
+        snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        self.save_snapshot(meta.clone()).await?;
-        *lock(&self.applied) = Applied {
+        self.save_snapshot(SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot.clone(),
+        })
+        .await?;
+        let mut applied = lock(&self.applied);
+        self.lease.restore(&snapshot)?;
+        *applied = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
@@ -396,9 +444,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
         Ok(lock(&self.snapshot)
             .clone()
-            .map(|meta| SnapshotOf::<TypeConfig, Vec<u8>> {
-                meta,
-                snapshot: Vec::new(),
+            .map(|file| SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta: file.meta,
+                snapshot: file.data,
             }))
     }
 }
