@@ -11,6 +11,7 @@ pub mod demo;
 pub mod durable;
 pub mod listen;
 pub mod litefs;
+pub mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod primary;

@@ -21,6 +21,7 @@ const SECTIONS: &[&str] = &[
     "litefs",
     "admin",
     "hooks",
+    "log",
     "node",
 ];
 

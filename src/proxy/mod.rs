@@ -208,11 +208,12 @@ impl Proxy {
     /// the response docs/design.md §7 describes.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
+        let _in_flight = metrics::InFlight::enter();
         let outcome = match self.prepare(req, conn) {
             Err((class, err)) => Outcome::rejected(class, err),
             Ok(prepared) => self.deliver(prepared, started).await,
         };
-        self.finish(outcome, started)
+        self.finish(outcome, metrics::RequestOrigin::Client, started)
     }
 
     /// A write another node's litegate forwarded here. It is admitted only
@@ -222,6 +223,7 @@ impl Proxy {
     /// sender knows nothing reached an app).
     pub async fn handle_forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let _in_flight = metrics::InFlight::enter();
         let classification = match self.classifier.classify(
             req.method(),
             req.uri().path(),
@@ -231,7 +233,7 @@ impl Proxy {
             Ok(classification) => classification,
             Err(err) => {
                 let outcome = Outcome::rejected(Class::of_method(req.method()), err);
-                return self.finish(outcome, started);
+                return self.finish(outcome, metrics::RequestOrigin::Peer, started);
             }
         };
         let class = classification.class;
@@ -257,7 +259,7 @@ impl Proxy {
                     .await,
             },
         };
-        self.finish(outcome, started)
+        self.finish(outcome, metrics::RequestOrigin::Peer, started)
     }
 
     /// A leader just elected has its first quorum acknowledgement a
