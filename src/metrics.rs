@@ -113,8 +113,9 @@ impl RequestOrigin {
 
 /// Installs the process-wide recorder and makes every series that does not
 /// depend on traffic, at zero, so `rate()` sees the first increase. Called
-/// once, at start; `peers` are the other nodes' names.
-pub fn install(peers: &[String]) -> Result<PrometheusHandle, String> {
+/// once, at start; `peers` are the other nodes' names. A witness has no
+/// app, so no `upstream_up`.
+pub fn install(peers: &[String], witness: bool) -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
@@ -123,6 +124,9 @@ pub fn install(peers: &[String]) -> Result<PrometheusHandle, String> {
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     register_at_zero(peers);
+    if !witness {
+        gauge!(UPSTREAM_UP).set(0.0);
+    }
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; without it they
     // grow between scrapes.
@@ -137,10 +141,21 @@ pub fn install(peers: &[String]) -> Result<PrometheusHandle, String> {
 }
 
 /// Series a dashboard or an alert reads, made before their first event.
-/// `http_requests_total` is not among them: its `code` label is whatever
-/// status an app answers, unknown in advance; `errors_total` has every
-/// `reason` instead.
+/// Of `http_requests_total`, whose `code` is whatever an app answers, only
+/// the commonest series (client reads and writes answered 200 here) is
+/// made; `errors_total` has every `reason`.
 fn register_at_zero(peers: &[String]) {
+    for class in ["read", "write"] {
+        counter!(
+            HTTP_REQUESTS_TOTAL,
+            "class" => class,
+            "route" => Route::Local.as_str(),
+            "origin" => RequestOrigin::Client.as_str(),
+            "code" => "200",
+            "reason" => REASONS[0],
+        )
+        .absolute(0);
+    }
     for reason in &REASONS[1..] {
         counter!(ERRORS_TOTAL, "reason" => *reason).absolute(0);
     }
@@ -155,7 +170,6 @@ fn register_at_zero(peers: &[String]) {
         REQUESTS_IN_FLIGHT,
         WRITES_HELD,
         OPEN_CONNECTIONS,
-        UPSTREAM_UP,
         IS_PRIMARY,
         PRIMARY_KNOWN,
         RAFT_TERM,

@@ -104,7 +104,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         .filter(|p| p.name != config.node.name)
         .map(|p| p.name.clone())
         .collect();
-    let prometheus = metrics::install(&other_nodes)?;
+    let prometheus = metrics::install(&other_nodes, config.node.witness)?;
     let (trigger, stop) = shutdown::channel();
     let mut signals =
         Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
