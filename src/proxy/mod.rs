@@ -45,8 +45,8 @@
 //!    says where the fault lies and whether any byte may have reached an
 //!    app; [`ProxyError::next`] is the one decision whether a write is sent
 //!    again, and `into_response` the one place an error becomes an answer.
-//! 8. **Record** (`../metrics.rs`): requests by class, route and status
-//!    class, and their duration to the response head.
+//! 8. **Record** (`../metrics.rs`): requests by class, route, origin, exact
+//!    status and reason, and their duration to the response head.
 //!
 //! Bodies are streamed frame by frame in both directions, except a write's
 //! first 64 KiB, kept so a try that sent nothing can be made again. Each
