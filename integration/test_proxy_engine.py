@@ -173,7 +173,8 @@ def test_websocket_echo_both_ways(node):
             assert [await asyncio.wait_for(ws.recv(), 10) for _ in range(50)] == [f"m{i}" for i in range(50)]
 
     asyncio.run(talk())
-    assert node.metric('litegate_http_requests_total{class="websocket",route="local",code="1xx"}') >= 1
+    assert node.metric('litegate_http_requests_total{class="websocket",route="local",origin="client",code="101",'
+                       'reason="none"}') >= 1
 
 
 def test_dead_upstream_is_502_upstream(procs):
@@ -236,7 +237,8 @@ def test_routing_rules_classify_requests(procs, upstream):
         assert r.status_code == 200, (method, path, r.status_code)
         expected[cls] = expected.get(cls, 0) + 1
     for cls, count in expected.items():
-        assert node.metric(f'litegate_http_requests_total{{class="{cls}",route="local",code="2xx"}}') == count, cls
+        series = f'litegate_http_requests_total{{class="{cls}",route="local",origin="client",code="200",reason="none"}}'
+        assert node.metric(series) == count, cls
 
 
 def test_slow_request_head_is_cut_off(procs, upstream):

@@ -128,8 +128,12 @@ def test_one_leader_takes_every_write(cluster, apps):
     metrics = leader.metrics()
     assert f"litegate_raft_term {status['term']}" in metrics
     assert "litegate_is_primary 1" in metrics
+    assert leader.metric("litegate_raft_is_leader") == 1
     assert leader.metric("litegate_raft_last_quorum_ack_seconds") >= 0
-    assert replicas[0].metric("litegate_raft_last_quorum_ack_seconds") == -1
+    assert leader.metric("litegate_raft_committed_index") >= 1
+    # No -1 sentinel: the age reads 0 where raft_is_leader says it does not apply.
+    assert replicas[0].metric("litegate_raft_is_leader") == 0
+    assert replicas[0].metric("litegate_raft_last_quorum_ack_seconds") == 0
 
     out = subprocess.run([str(litegate_bin()), "status", "--admin", leader.admin],
                          capture_output=True, text=True, timeout=10)

@@ -4,6 +4,7 @@ replication). Writes through any node must land on the primary's app."""
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -51,9 +52,16 @@ def test_writes_through_replicas_land_on_the_primary(cluster):
 
         form = client.post("/notes/form", data={"text": "a form"}, follow_redirects=False)
         assert form.status_code == 303 and form.headers["litegate-served-by"] == "node-1"
-    assert replica.metric('litegate_http_requests_total{class="write",route="forwarded",code="2xx"}') >= 3
+    def writes_2xx(node, route: str, origin: str) -> float:
+        pattern = (r'^litegate_http_requests_total\{class="write",route="%s",origin="%s",code="2\d\d",'
+                   r'reason="none"\} (\S+)$' % (route, origin))
+        return sum(float(v) for v in re.findall(pattern, node.metrics(), re.M))
+
+    forwarded = writes_2xx(replica, "forwarded", "client")
+    assert forwarded >= 3
     assert replica.metric("litegate_forward_duration_seconds_count") >= 3
-    assert primary.metric('litegate_http_requests_total{class="write",route="local",code="2xx"}') >= 3
+    # The primary counts them as received from a peer, not as its own clients'.
+    assert writes_2xx(primary, "local", "peer") == forwarded
 
 
 def test_forwarded_write_keeps_host_and_forwarded_chain(procs, upstream):
@@ -292,7 +300,9 @@ def test_dead_primary_holds_writes_then_503(procs, tmp_path):
     assert r.headers["litegate-error"] == "no-primary"
     assert r.headers["retry-after"] == "1"
     assert r.headers["litegate-served-by"] == "node-2"
-    assert replica.metric('litegate_http_requests_total{class="write",route="rejected",code="5xx"}') == 1
+    assert replica.metric('litegate_http_requests_total{class="write",route="rejected",origin="client",'
+                          'code="503",reason="no-primary"}') == 1
+    assert replica.metric('litegate_errors_total{reason="no-primary"}') == 1
     # Reads do not need the primary.
     assert httpx.get(f"{replica.url}/notes").status_code == 200
 

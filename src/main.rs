@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use litegate::config::{Config, ListenAddr};
+use litegate::config::{Config, ListenAddr, LogFormat};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -99,6 +99,9 @@ enum Command {
     /// Nodes on loopback in front of a built-in demo app, to see litegate work.
     Demo,
     /// Show a running node's role, primary, peers and upstream health.
+    /// Exits 0 when the node is ready (to serve reads; with --writes, to
+    /// place writes), 2 when it answered but is not ready, 1 when it could
+    /// not be asked.
     Status {
         /// The node's admin listener.
         #[arg(long, default_value = "http://127.0.0.1:9191")]
@@ -106,6 +109,9 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// Exit by readiness for writes (/readyz/writes) instead of reads.
+        #[arg(long)]
+        writes: bool,
     },
 }
 
@@ -124,7 +130,21 @@ enum MemberAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `run` logs in the format its config names (the file, or
+    // LITEGATE_LOG_FORMAT through the usual override): the config is read
+    // once quietly to learn it, then again with logging on, so what loading
+    // says is logged in that format too.
+    let format = match &cli.command {
+        Command::Run { config, .. } => {
+            let quiet = tracing::subscriber::NoSubscriber::default();
+            match tracing::subscriber::with_default(quiet, || load(config.clone())) {
+                Ok(config) => config.log.format,
+                Err(message) => return fail(&message),
+            }
+        }
+        _ => format_from_env(),
+    };
+    init_logging(format);
     match cli.command {
         Command::Check { config } => match load(config) {
             Ok(config) => {
@@ -279,18 +299,38 @@ fn main() -> ExitCode {
                 Err(message) => fail(&message),
             }
         }
-        Command::Status { admin, json } => {
-            let status = runtime().block_on(litegate::admin::client::fetch_status(&admin));
-            match status {
-                Ok(s) if json => {
-                    println!("{s:#}");
-                    ExitCode::SUCCESS
+        Command::Status {
+            admin,
+            json,
+            writes,
+        } => {
+            use litegate::admin::client::{self, Readiness};
+            let answers = runtime().block_on(async {
+                let status = client::fetch_status(&admin).await?;
+                let ready = client::fetch_readiness(&admin, writes).await?;
+                Ok::<_, String>((status, ready))
+            });
+            let (status, ready) = match answers {
+                Ok(answers) => answers,
+                Err(message) => return fail(&message),
+            };
+            let what = if writes {
+                "to place writes"
+            } else {
+                "to serve reads"
+            };
+            if json {
+                println!("{status:#}");
+            } else {
+                print!("{}", client::render_status(&status));
+                match &ready {
+                    Readiness::Ready => println!("ready:    yes ({what})"),
+                    Readiness::NotReady(why) => println!("ready:    no ({what}): {why}"),
                 }
-                Ok(s) => {
-                    print!("{}", litegate::admin::client::render_status(&s));
-                    ExitCode::SUCCESS
-                }
-                Err(message) => fail(&message),
+            }
+            match ready {
+                Readiness::Ready => ExitCode::SUCCESS,
+                Readiness::NotReady(_) => ExitCode::from(NOT_READY),
             }
         }
     }
@@ -338,27 +378,53 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
+/// `litegate status`'s exit code for a node that answered but is not ready
+/// (1 is every command's failure to run at all).
+const NOT_READY: u8 = 2;
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("litegate: {message}");
     ExitCode::FAILURE
 }
 
-fn init_logging() {
-    let filter: Targets = std::env::var("LITEGATE_LOG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        // openraft narrates every election at info; its warnings are enough.
-        .unwrap_or_else(|| {
-            Targets::new()
-                .with_default(tracing::Level::INFO)
-                .with_target("openraft", tracing::Level::WARN)
-        });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .with(filter)
-        .init();
+/// Commands without a config file take `LITEGATE_LOG_FORMAT` alone.
+fn format_from_env() -> LogFormat {
+    match std::env::var("LITEGATE_LOG_FORMAT") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = log_filter(std::env::var("LITEGATE_LOG").ok().as_deref());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
+        // Flattened: the event's fields sit next to `level`, `target` and
+        // `timestamp`, where shippers look for them.
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_current_span(false))
+            .init(),
+    }
+}
+
+/// `LITEGATE_LOG` as a filter (`info`, `litegate=debug,hyper=info`, …).
+/// openraft narrates every election at info: unless the filter names it,
+/// it is held at warn.
+fn log_filter(spec: Option<&str>) -> Targets {
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    let targets = spec
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(default);
+    let names_openraft = spec.is_some_and(|s| s.contains("openraft"));
+    if names_openraft {
+        targets
+    } else {
+        let warn = tracing_subscriber::filter::LevelFilter::WARN;
+        let level = targets.default_level().map_or(warn, |l| l.min(warn));
+        targets.with_target("openraft", level)
+    }
 }

@@ -1,31 +1,65 @@
 //! Prometheus metrics (docs/design.md §8): names, help texts, buckets, and the
 //! recorder, rendered by the admin listener rather than a listener of its own.
 
+mod process;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Unit,
 };
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+pub use process::render as render_process;
 
 pub const HTTP_REQUESTS_TOTAL: &str = "litegate_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "litegate_http_request_duration_seconds";
+pub const ERRORS_TOTAL: &str = "litegate_errors_total";
+pub const REQUESTS_IN_FLIGHT: &str = "litegate_requests_in_flight";
+pub const WRITES_HELD: &str = "litegate_writes_held";
 pub const OPEN_CONNECTIONS: &str = "litegate_open_connections";
 pub const UPSTREAM_UP: &str = "litegate_upstream_up";
 pub const IS_PRIMARY: &str = "litegate_is_primary";
+pub const PRIMARY_KNOWN: &str = "litegate_primary_known";
 pub const BUILD_INFO: &str = "litegate_build_info";
 pub const FORWARD_DURATION_SECONDS: &str = "litegate_forward_duration_seconds";
 pub const FORWARD_RETRIES_TOTAL: &str = "litegate_forward_retries_total";
 pub const PRIMARY_CHANGES_TOTAL: &str = "litegate_primary_changes_total";
+pub const PEER_UP: &str = "litegate_peer_up";
+pub const PEER_LAST_SEEN_SECONDS: &str = "litegate_peer_last_seen_seconds";
 pub const RAFT_TERM: &str = "litegate_raft_term";
+pub const RAFT_IS_LEADER: &str = "litegate_raft_is_leader";
+pub const RAFT_COMMITTED_INDEX: &str = "litegate_raft_committed_index";
 pub const RAFT_LAST_QUORUM_ACK_SECONDS: &str = "litegate_raft_last_quorum_ack_seconds";
 pub const LEASE_HELD: &str = "litegate_lease_held";
 pub const LEASE_LOCK_INDEX: &str = "litegate_lease_lock_index";
 pub const LEASE_SESSIONS: &str = "litegate_lease_sessions";
+pub const RAFT_PEER_ACK_SECONDS: &str = "litegate_raft_peer_ack_seconds";
+pub const LITEFS_API_UP: &str = "litegate_litefs_api_up";
+pub const REPLICATION_LAG_SECONDS: &str = "litegate_replication_lag_seconds";
 pub const CONSISTENCY_WAIT_SECONDS: &str = "litegate_consistency_wait_seconds";
 pub const CONSISTENCY_WAIT_TIMEOUTS_TOTAL: &str = "litegate_consistency_wait_timeouts_total";
+
+/// The values of the `reason` label: `none` for an answer an app gave,
+/// else the `Litegate-Error` litegate answered with (docs/design.md §7).
+pub const REASONS: [&str; 12] = [
+    "none",
+    "bad-request",
+    "body-timeout",
+    "method-not-allowed",
+    "unauthorized",
+    "not-primary",
+    "headers-too-large",
+    "upstream",
+    "indeterminate",
+    "no-primary",
+    "timeout",
+    "other",
+];
 
 /// From a loopback round trip (~50 µs) to a slow page (a minute).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -34,7 +68,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// How a request was answered, the `route` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
     /// Served by this node's app.
     Local,
@@ -60,8 +94,31 @@ impl Route {
     }
 }
 
-/// Installs the process-wide recorder. Called once, at start.
-pub fn install() -> Result<PrometheusHandle, String> {
+/// Who sent a request, the `origin` label: a client on the public
+/// listener, or a peer's litegate forwarding a write on the cluster
+/// listener. A forwarded write is counted on both nodes — `route="forwarded",
+/// origin="client"` on the sender, `origin="peer"` on the primary — so
+/// `sum(...{origin="client"})` counts each client request once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestOrigin {
+    Client,
+    Peer,
+}
+
+impl RequestOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOrigin::Client => "client",
+            RequestOrigin::Peer => "peer",
+        }
+    }
+}
+
+/// Installs the process-wide recorder and makes every series that does not
+/// depend on traffic, at zero, so `rate()` sees the first increase. Called
+/// once, at start; `peers` are the other nodes' names. A witness has no
+/// app, so no `upstream_up`.
+pub fn install(peers: &[String], witness: bool) -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
@@ -69,6 +126,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    register_at_zero(peers);
+    if !witness {
+        gauge!(UPSTREAM_UP).set(0.0);
+    }
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; without it they
     // grow between scrapes.
@@ -80,6 +141,54 @@ pub fn install() -> Result<PrometheusHandle, String> {
         }
     });
     Ok(handle)
+}
+
+/// Series a dashboard or an alert reads, made before their first event.
+/// Of `http_requests_total`, whose `code` is whatever an app answers, only
+/// the commonest series (client reads and writes answered 200 here) is
+/// made; `errors_total` has every `reason`.
+fn register_at_zero(peers: &[String]) {
+    for class in ["read", "write"] {
+        counter!(
+            HTTP_REQUESTS_TOTAL,
+            "class" => class,
+            "route" => Route::Local.as_str(),
+            "origin" => RequestOrigin::Client.as_str(),
+            "code" => "200",
+            "reason" => REASONS[0],
+        )
+        .absolute(0);
+    }
+    for reason in &REASONS[1..] {
+        counter!(ERRORS_TOTAL, "reason" => *reason).absolute(0);
+    }
+    for name in [
+        FORWARD_RETRIES_TOTAL,
+        PRIMARY_CHANGES_TOTAL,
+        CONSISTENCY_WAIT_TIMEOUTS_TOTAL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [
+        REQUESTS_IN_FLIGHT,
+        WRITES_HELD,
+        OPEN_CONNECTIONS,
+        IS_PRIMARY,
+        PRIMARY_KNOWN,
+        RAFT_TERM,
+        RAFT_IS_LEADER,
+        RAFT_COMMITTED_INDEX,
+        RAFT_LAST_QUORUM_ACK_SECONDS,
+        LITEFS_API_UP,
+        REPLICATION_LAG_SECONDS,
+    ] {
+        gauge!(name).set(0.0);
+    }
+    for peer in peers {
+        gauge!(PEER_UP, "peer" => peer.clone()).set(0.0);
+        gauge!(PEER_LAST_SEEN_SECONDS, "peer" => peer.clone()).set(0.0);
+        gauge!(RAFT_PEER_ACK_SECONDS, "peer" => peer.clone()).set(0.0);
+    }
 }
 
 fn describe() {
@@ -98,11 +207,23 @@ fn describe() {
     );
     describe_counter!(
         PRIMARY_CHANGES_TOTAL,
-        "Times this node's view of the primary changed."
+        "Times the primary this node knows of became a different node (a primary becoming unknown, or known again as the same node, is not a change)."
     );
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
-        "Requests answered, by class, route and status class."
+        "Requests answered, by class, route, origin (client or peer), exact status code and reason (the Litegate-Error litegate answered with; none for an app's answer)."
+    );
+    describe_counter!(
+        ERRORS_TOTAL,
+        "Answers litegate gave itself, by their Litegate-Error reason."
+    );
+    describe_gauge!(
+        REQUESTS_IN_FLIGHT,
+        "Requests (client and forwarded) received and not yet answered with a response head."
+    );
+    describe_gauge!(
+        WRITES_HELD,
+        "Writes waiting for a primary to be known (or for this primary's lease), up to routing.primary_wait."
     );
     describe_gauge!(
         OPEN_CONNECTIONS,
@@ -110,11 +231,46 @@ fn describe() {
     );
     describe_gauge!(UPSTREAM_UP, "1 when the local app accepts connections.");
     describe_gauge!(IS_PRIMARY, "1 when this node's app takes writes.");
+    describe_gauge!(
+        PRIMARY_KNOWN,
+        "1 when this node knows a primary to send writes to."
+    );
+    describe_gauge!(
+        PEER_UP,
+        "1 when the peer answered this node's last 1 s poll on the cluster listener."
+    );
+    describe_gauge!(
+        PEER_LAST_SEEN_SECONDS,
+        Unit::Seconds,
+        "Seconds since the peer last answered a poll; 0 until it first has."
+    );
     describe_gauge!(RAFT_TERM, "The Raft term this node is at (raft mode).");
+    describe_gauge!(
+        RAFT_IS_LEADER,
+        "1 on the Raft leader (raft mode); raft_last_quorum_ack_seconds and raft_peer_ack_seconds apply only there."
+    );
+    describe_gauge!(
+        RAFT_COMMITTED_INDEX,
+        "The highest Raft log index this node knows to be committed (raft mode)."
+    );
     describe_gauge!(
         RAFT_LAST_QUORUM_ACK_SECONDS,
         Unit::Seconds,
-        "On the Raft leader: seconds since a quorum last acknowledged it; -1 elsewhere."
+        "On the Raft leader: seconds since a quorum last acknowledged it; 0 where raft_is_leader is 0."
+    );
+    describe_gauge!(
+        RAFT_PEER_ACK_SECONDS,
+        Unit::Seconds,
+        "On the Raft leader: seconds since the peer last acknowledged it; 0 where raft_is_leader is 0."
+    );
+    describe_gauge!(
+        LITEFS_API_UP,
+        "1 while the LiteFS HTTP API is followed; 0 while litegate falls back to the .primary file (or does not use LiteFS)."
+    );
+    describe_gauge!(
+        REPLICATION_LAG_SECONDS,
+        Unit::Seconds,
+        "With litefs.mount set: seconds since this node learned of a primary position it has not reached yet; 0 when caught up."
     );
     describe_gauge!(
         LEASE_HELD,
@@ -134,27 +290,23 @@ fn describe() {
     );
 }
 
-/// The request counters and histograms, resolved once: looking a labelled
-/// metric up by name hashes its key and builds its labels on every request
-/// otherwise.
+/// The request counters by label set, made on first use (the `code` label
+/// is open-ended) and then found by a read-locked lookup: building a
+/// labelled metric's key on every request cost measurable throughput.
+type CounterKey = (usize, Route, RequestOrigin, u16, usize);
+
 struct RequestMetrics {
-    /// By class, route and status class; each made on its first use, so
-    /// `/metrics` lists only combinations that happened.
-    counters: Vec<OnceLock<Counter>>,
+    counters: RwLock<HashMap<CounterKey, Counter>>,
     /// By class.
     durations: Vec<FixedHistogram>,
     forward: FixedHistogram,
+    /// By reason; none for `none`, which is not an error.
+    errors: Vec<Option<Counter>>,
+    in_flight: Gauge,
+    writes_held: Gauge,
 }
 
 const CLASSES: [&str; 4] = ["read", "write", "local", "websocket"];
-const ROUTES: [Route; 5] = [
-    Route::Local,
-    Route::Forwarded,
-    Route::Replayed,
-    Route::Redirected,
-    Route::Rejected,
-];
-const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Filled on first use, which is after `install` (handles made before the
 /// recorder exists would record nowhere).
@@ -162,38 +314,108 @@ static REQUEST_METRICS: OnceLock<RequestMetrics> = OnceLock::new();
 
 fn request_metrics() -> &'static RequestMetrics {
     REQUEST_METRICS.get_or_init(|| {
-        let counters = (0..CLASSES.len() * ROUTES.len() * CODES.len())
-            .map(|_| OnceLock::new())
-            .collect();
         let durations = CLASSES
             .iter()
             .map(|class| FixedHistogram::new(class))
             .collect();
         RequestMetrics {
-            counters,
+            counters: RwLock::new(HashMap::new()),
             durations,
             forward: FixedHistogram::new(""),
+            errors: REASONS
+                .iter()
+                .map(|reason| {
+                    (*reason != "none").then(|| counter!(ERRORS_TOTAL, "reason" => *reason))
+                })
+                .collect(),
+            in_flight: gauge!(REQUESTS_IN_FLIGHT),
+            writes_held: gauge!(WRITES_HELD),
         }
     })
 }
 
-pub fn record_request(class: &'static str, route: Route, status: u16, elapsed: Duration) {
-    let code = match status {
-        100..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        _ => 4,
-    };
+/// The index in [`REASONS`] of a `Litegate-Error` value (`None`: an app's
+/// answer). A value this build does not know counts as `other`.
+pub fn reason_index(litegate_error: Option<&[u8]>) -> usize {
+    match litegate_error {
+        None => 0,
+        Some(value) => REASONS[1..]
+            .iter()
+            .position(|r| r.as_bytes() == value)
+            .map_or(REASONS.len() - 1, |i| i + 1),
+    }
+}
+
+pub fn record_request(
+    class: &'static str,
+    route: Route,
+    origin: RequestOrigin,
+    status: u16,
+    reason: usize,
+    elapsed: Duration,
+) {
     let class = CLASSES.iter().position(|c| *c == class).unwrap_or(0);
-    let route = ROUTES.iter().position(|r| *r == route).unwrap_or(0);
+    let reason = reason.min(REASONS.len() - 1);
     let m = request_metrics();
-    m.counters[(class * ROUTES.len() + route) * CODES.len() + code]
-        .get_or_init(|| {
-            counter!(HTTP_REQUESTS_TOTAL, "class" => CLASSES[class], "route" => ROUTES[route].as_str(), "code" => CODES[code])
-        })
-        .increment(1);
+    let key = (class, route, origin, status, reason);
+    let found = m
+        .counters
+        .read()
+        .ok()
+        .and_then(|counters| counters.get(&key).cloned());
+    let counter = found.unwrap_or_else(|| {
+        let counter = counter!(
+            HTTP_REQUESTS_TOTAL,
+            "class" => CLASSES[class],
+            "route" => route.as_str(),
+            "origin" => origin.as_str(),
+            "code" => status.to_string(),
+            "reason" => REASONS[reason],
+        );
+        if let Ok(mut counters) = m.counters.write() {
+            counters.insert(key, counter.clone());
+        }
+        counter
+    });
+    counter.increment(1);
+    if let Some(errors) = &m.errors[reason] {
+        errors.increment(1);
+    }
     m.durations[class].record(elapsed);
+}
+
+/// Counts a request in `requests_in_flight` until dropped.
+#[must_use]
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn enter() -> Self {
+        request_metrics().in_flight.increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        request_metrics().in_flight.decrement(1.0);
+    }
+}
+
+/// Counts a write in `writes_held` while it waits for a primary.
+#[must_use]
+pub struct WriteHeld(());
+
+impl WriteHeld {
+    pub fn enter() -> Self {
+        request_metrics().writes_held.increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for WriteHeld {
+    fn drop(&mut self) {
+        request_metrics().writes_held.decrement(1.0);
+    }
 }
 
 pub fn set_open_connections_delta(delta: f64) {
@@ -212,8 +434,39 @@ pub fn set_raft_term(term: u64) {
     gauge!(RAFT_TERM).set(term as f64);
 }
 
-pub fn set_raft_last_quorum_ack(age: Option<Duration>) {
-    gauge!(RAFT_LAST_QUORUM_ACK_SECONDS).set(age.map_or(-1.0, |a| a.as_secs_f64()));
+/// Raft progress for a scrape: `quorum_ack` is `Some` only on the leader,
+/// where the per-peer ack ages (by peer name) apply too.
+pub fn set_raft_progress(
+    committed_index: Option<u64>,
+    quorum_ack: Option<Duration>,
+    peer_acks: &[(String, Option<Duration>)],
+) {
+    gauge!(RAFT_COMMITTED_INDEX).set(committed_index.unwrap_or(0) as f64);
+    gauge!(RAFT_IS_LEADER).set(if quorum_ack.is_some() { 1.0 } else { 0.0 });
+    gauge!(RAFT_LAST_QUORUM_ACK_SECONDS).set(quorum_ack.map_or(0.0, |a| a.as_secs_f64()));
+    for (peer, ack) in peer_acks {
+        let age = if quorum_ack.is_some() {
+            ack.map_or(0.0, |a| a.as_secs_f64())
+        } else {
+            0.0
+        };
+        gauge!(RAFT_PEER_ACK_SECONDS, "peer" => peer.clone()).set(age);
+    }
+}
+
+/// A peer's answer to the 1 s poll, for a scrape.
+pub fn set_peer(peer: &str, up: bool, last_seen: Option<Duration>) {
+    gauge!(PEER_UP, "peer" => peer.to_owned()).set(if up { 1.0 } else { 0.0 });
+    gauge!(PEER_LAST_SEEN_SECONDS, "peer" => peer.to_owned())
+        .set(last_seen.map_or(0.0, |a| a.as_secs_f64()));
+}
+
+pub fn set_litefs_api_up(up: bool) {
+    gauge!(LITEFS_API_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn set_replication_lag(lag: Duration) {
+    gauge!(REPLICATION_LAG_SECONDS).set(lag.as_secs_f64());
 }
 
 pub fn set_lease_gauges(held_here: bool, lock_index: u64, sessions: usize) {
@@ -325,8 +578,28 @@ pub fn count_forward_retry() {
     counter!(FORWARD_RETRIES_TOTAL).increment(1);
 }
 
-pub fn count_primary_change() {
-    counter!(PRIMARY_CHANGES_TOTAL).increment(1);
+/// The primary this node knows of, after every published change: counts
+/// `primary_changes_total` only when a known primary is a different node
+/// from the last one known. A primary becoming unknown and then known
+/// again as the same node (LiteFS re-announcing it during an outage, a
+/// Raft leader re-elected) is not a change.
+pub fn observe_primary(primary: Option<&str>) {
+    static LAST_KNOWN: Mutex<Option<String>> = Mutex::new(None);
+    gauge!(PRIMARY_KNOWN).set(if primary.is_some() { 1.0 } else { 0.0 });
+    let Some(primary) = primary else { return };
+    let mut last = LAST_KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if primary_changed(last.as_deref(), primary) {
+        counter!(PRIMARY_CHANGES_TOTAL).increment(1);
+    }
+    if last.as_deref() != Some(primary) {
+        *last = Some(primary.to_owned());
+    }
+}
+
+/// The first primary a node learns of after it starts is not a change: it
+/// says nothing about the cluster, and a restart would count as one.
+fn primary_changed(last_known: Option<&str>, now: &str) -> bool {
+    last_known.is_some_and(|last| last != now)
 }
 
 pub fn record_consistency_wait(elapsed: Duration, reached: bool) {
@@ -339,6 +612,21 @@ pub fn record_consistency_wait(elapsed: Duration, reached: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_different_known_primary_is_a_change() {
+        assert!(!primary_changed(None, "a"));
+        assert!(!primary_changed(Some("a"), "a"));
+        assert!(primary_changed(Some("a"), "b"));
+    }
+
+    #[test]
+    fn reasons_are_bounded() {
+        assert_eq!(REASONS[reason_index(None)], "none");
+        assert_eq!(REASONS[reason_index(Some(b"no-primary"))], "no-primary");
+        assert_eq!(REASONS[reason_index(Some(b"timeout"))], "timeout");
+        assert_eq!(REASONS[reason_index(Some(b"made-up"))], "other");
+    }
 
     #[test]
     fn fixed_histogram_is_cumulative_and_inclusive() {

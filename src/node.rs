@@ -108,7 +108,14 @@ impl ClusterParts {
 
 pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let config = Arc::new(config);
-    let prometheus = metrics::install()?;
+    let other_nodes: Vec<String> = config
+        .cluster
+        .peers
+        .iter()
+        .filter(|p| p.name != config.node.name)
+        .map(|p| p.name.clone())
+        .collect();
+    let prometheus = metrics::install(&other_nodes, config.node.witness)?;
     let (trigger, stop) = shutdown::channel();
     let mut signals =
         Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -159,7 +166,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             source
         }
     });
-    metrics::set_is_primary(source.watch().current().role == Role::Primary);
+    let initial = source.watch().current();
+    metrics::set_is_primary(initial.role == Role::Primary);
+    metrics::observe_primary(initial.primary.as_deref());
     if config.primary.mode != PrimaryMode::Dev {
         role_hooks::spawn(&config.hooks, source.watch(), stop.clone());
     }
@@ -233,7 +242,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
                 peers: Arc::clone(peers),
                 client: parts.client.clone(),
             }),
-        position,
+        position.clone(),
     )?);
 
     let public_cert = (!config.public.tls_cert.is_empty())
@@ -328,6 +337,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         source: Arc::clone(&source),
         health,
         metrics: prometheus,
+        position: position.clone(),
         started: Instant::now(),
         cluster: cluster_admin,
         token: admin::load_token(&config.admin)?,

@@ -17,6 +17,28 @@ pub async fn fetch_members(admin: &str) -> Result<serde_json::Value, String> {
     call(admin, Method::GET, "/members", None).await
 }
 
+/// A node's answer to a readiness check: ready, or not and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+/// GETs `{admin}/readyz` (or `/readyz/writes`): `200` is ready, `503` not
+/// ready (with the node's reason); anything else is an error.
+pub async fn fetch_readiness(admin: &str, writes: bool) -> Result<Readiness, String> {
+    let path = if writes { "/readyz/writes" } else { "/readyz" };
+    let (status, body) = send(admin, Method::GET, path, None).await?;
+    let body = String::from_utf8_lossy(&body);
+    match status {
+        http::StatusCode::OK => Ok(Readiness::Ready),
+        http::StatusCode::SERVICE_UNAVAILABLE => Ok(Readiness::NotReady(
+            body.trim().trim_start_matches("not ready: ").to_owned(),
+        )),
+        other => Err(format!("{admin}{path} answered {other}: {}", body.trim())),
+    }
+}
+
 /// POSTs `{admin}/promote`: this node becomes the primary.
 pub async fn promote(admin: &str, token: Option<&str>) -> Result<serde_json::Value, String> {
     call(admin, Method::POST, "/promote", token).await
@@ -75,6 +97,24 @@ async fn call(
     path: &str,
     token: Option<&str>,
 ) -> Result<serde_json::Value, String> {
+    let (status, body) = send(admin, method, path, token).await?;
+    let uri = format!("{}{path}", admin.trim_end_matches('/'));
+    if !status.is_success() {
+        return Err(format!(
+            "{uri} answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{uri} did not return JSON: {e}"))
+}
+
+/// One request to the admin listener: its status and whole body.
+async fn send(
+    admin: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(http::StatusCode, Bytes), String> {
     let base = admin.trim_end_matches('/');
     let uri: Uri = format!("{base}{path}").parse().map_err(|_| {
         format!("{admin:?} is not a URL: give the admin listener, e.g. http://127.0.0.1:9191")
@@ -100,13 +140,7 @@ async fn call(
         .await
         .map_err(|e| format!("reading {uri}: {e}"))?
         .to_bytes();
-    if !status.is_success() {
-        return Err(format!(
-            "{uri} answered {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ));
-    }
-    serde_json::from_slice(&body).map_err(|e| format!("{uri} did not return JSON: {e}"))
+    Ok((status, body))
 }
 
 /// The human form of `/status`.

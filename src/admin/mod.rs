@@ -3,6 +3,7 @@
 //! Loopback by default.
 
 pub mod client;
+mod ready;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,8 @@ use tokio::net::TcpListener;
 
 use crate::cluster::client::PeerClient;
 use crate::cluster::peers::{ClusterEpochPeers, PeerTable};
-use crate::config::{AdminConfig, Config, PrimaryMode};
+use crate::config::{AdminConfig, Config};
+use crate::consistency::Position;
 use crate::primary::{static_promote, PrimarySource, PromoteError, Role};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::health::UpstreamHealth;
@@ -34,6 +36,8 @@ pub struct AdminState {
     pub source: Arc<PrimarySource>,
     pub health: Arc<UpstreamHealth>,
     pub metrics: PrometheusHandle,
+    /// The LiteFS replication position, where `litefs.mount` is set.
+    pub position: Option<Arc<Position>>,
     pub started: Instant,
     pub cluster: Option<ClusterAdmin>,
     /// Required as `Authorization: Bearer …` on POST endpoints when set.
@@ -110,20 +114,11 @@ async fn answer(
         },
         (&Method::GET | &Method::HEAD, path) => match path {
             "/healthz" => body::text_response(StatusCode::OK, "ok\n"),
-            "/readyz" => {
-                let mut problems = Vec::new();
-                if !state.config.node.witness && !state.health.is_up() {
-                    problems.push("the app does not accept connections");
-                }
-                if state.config.primary.mode != PrimaryMode::Dev && primary.primary.is_none() {
-                    problems.push("no primary is known");
-                }
-                if problems.is_empty() {
-                    body::text_response(StatusCode::OK, "ready\n")
-                } else {
-                    body::text_response(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
-                }
-            }
+            "/readyz" => match ready::max_lag(req.uri().query()) {
+                Err(why) => body::text_response(StatusCode::BAD_REQUEST, format!("{why}\n")),
+                Ok(max_lag) => readiness_answer(ready::reads(state, max_lag), "ready to serve reads"),
+            },
+            "/readyz/writes" => readiness_answer(ready::writes(state), "ready to place writes"),
             "/primary" => if primary.may_write(Instant::now()) {
                 body::text_response(StatusCode::OK, "primary\n")
             } else {
@@ -142,14 +137,10 @@ async fn answer(
                 ),
             },
             "/metrics" => {
-                if let Some(leadership) = state.source.raft() {
-                    leadership.refresh_gauges();
-                }
-                if let Some(lease) = &state.lease {
-                    lease.refresh_gauges();
-                }
+                refresh_gauges(state);
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_fixed_histograms());
+                text.push_str(&crate::metrics::render_process());
                 let mut resp = Response::new(body::full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -159,10 +150,43 @@ async fn answer(
             }
             _ => body::text_response(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /primary /replica /status /metrics, or POST /promote /handoff\n",
+                "not found; try /healthz /readyz /readyz/writes /primary /replica /status /metrics, or POST /promote /handoff\n",
             ),
         },
         _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote and /handoff\n"),
+    }
+}
+
+fn readiness_answer(result: Result<(), Vec<String>>, ok: &str) -> Response<ProxyBody> {
+    match result {
+        Ok(()) => body::text_response(StatusCode::OK, format!("{ok}\n")),
+        Err(problems) => body::text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        ),
+    }
+}
+
+/// Gauges that age between events, brought up to date for a scrape.
+fn refresh_gauges(state: &AdminState) {
+    if let Some(leadership) = state.source.raft() {
+        leadership.refresh_gauges();
+    }
+    if let Some(lease) = &state.lease {
+        lease.refresh_gauges();
+    }
+    if let Some(position) = &state.position {
+        crate::metrics::set_replication_lag(position.lag());
+    }
+    if let Some(cluster) = &state.cluster {
+        for peer in cluster.peers.others() {
+            let seen = cluster.peers.status(&peer.name);
+            crate::metrics::set_peer(
+                &peer.name,
+                seen.reachable,
+                seen.last_seen.map(|at| at.elapsed()),
+            );
+        }
     }
 }
 

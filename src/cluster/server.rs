@@ -17,6 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::log_limit::{self, LogLimit};
 use crate::primary::{Epoch, EpochState, PrimarySource};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::ProxyError;
@@ -47,7 +48,10 @@ impl Handler for ClusterService {
     ) -> Response<ProxyBody> {
         if let Some(secret) = &self.secret {
             if !secret.verify(req.headers()) {
-                tracing::warn!(peer = %conn.peer, path = req.uri().path(), "refused an unauthenticated cluster request");
+                static REFUSED: LogLimit = LogLimit::new(log_limit::EVERY);
+                if let Some(suppressed) = REFUSED.allow(&conn.peer.ip().to_string()) {
+                    tracing::warn!(peer = %conn.peer, path = req.uri().path(), suppressed, "refused an unauthenticated cluster request (then at most once a minute per address, with the count held back)");
+                }
                 return ProxyError::Unauthorized.into_response();
             }
         }

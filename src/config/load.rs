@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "lease",
     "hooks",
+    "log",
     "node",
 ];
 

@@ -8,9 +8,10 @@
 
 mod cookie;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ pub struct Position {
     waiting: AtomicUsize,
     /// The poller thread, unparked when the first read starts waiting.
     poller: OnceLock<Thread>,
+    /// Primary positions this node has not reached yet, oldest first, with
+    /// when it learned of each: the replication lag is the oldest one's age.
+    behind: Mutex<BehindPrimary>,
     pub wait_timeout: Duration,
     pub on_timeout: OnTimeout,
 }
@@ -55,6 +59,7 @@ impl Position {
             local,
             waiting: AtomicUsize::new(0),
             poller: OnceLock::new(),
+            behind: Mutex::new(BehindPrimary::default()),
             wait_timeout: config.consistency.wait_timeout.get(),
             on_timeout: config.consistency.on_timeout,
         }))
@@ -67,13 +72,40 @@ impl Position {
     /// A newer local position (a `tx` event, or the poller). Positions only
     /// move forward here.
     pub fn observe(&self, txid: u64) {
-        self.local.send_if_modified(|p| {
+        let advanced = self.local.send_if_modified(|p| {
             let newer = txid > *p;
             if newer {
                 *p = txid;
             }
             newer
         });
+        if advanced {
+            self.behind().reached(self.current());
+        }
+    }
+
+    /// The primary's litegate reported its position after a write this
+    /// node forwarded. (Only that source is trusted: a client's `__txid`
+    /// cookie could name any position and make a replica look stale.)
+    pub fn primary_reached(&self, txid: u64) {
+        let local = self.current();
+        let mut behind = self.behind();
+        behind.learned(txid, Instant::now());
+        behind.reached(local);
+    }
+
+    /// How long this node has been behind a primary position it knows of;
+    /// zero when it has reached every one (or knows of none: a replica that
+    /// forwards no writes learns no primary position and reports zero).
+    pub fn lag(&self) -> Duration {
+        self.behind().lag(Instant::now())
+    }
+
+    fn behind(&self) -> std::sync::MutexGuard<'_, BehindPrimary> {
+        // Replaced or trimmed whole under the lock; a poisoned one is intact.
+        self.behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The position on disk now: on the primary, right after a write, this
@@ -131,6 +163,45 @@ impl Position {
     }
 }
 
+/// The primary positions a node knows it has not reached, in increasing
+/// order, each with when it was learned.
+#[derive(Debug, Default)]
+struct BehindPrimary {
+    unreached: VecDeque<(u64, Instant)>,
+}
+
+/// Enough to measure lag under any write rate: past it, the newest entry's
+/// position moves up and keeps its time (the lag reads a little high until
+/// the replica catches up).
+const MAX_UNREACHED: usize = 256;
+
+impl BehindPrimary {
+    fn learned(&mut self, txid: u64, at: Instant) {
+        let full = self.unreached.len() >= MAX_UNREACHED;
+        match self.unreached.back_mut() {
+            Some((last, _)) if *last >= txid => {}
+            Some((last, _)) if full => *last = txid,
+            _ => self.unreached.push_back((txid, at)),
+        }
+    }
+
+    fn reached(&mut self, local: u64) {
+        while self
+            .unreached
+            .front()
+            .is_some_and(|(txid, _)| *txid <= local)
+        {
+            self.unreached.pop_front();
+        }
+    }
+
+    fn lag(&self, now: Instant) -> Duration {
+        self.unreached
+            .front()
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
+    }
+}
+
 struct WaitingGuard<'a>(&'a Position);
 
 impl<'a> WaitingGuard<'a> {
@@ -147,5 +218,43 @@ impl<'a> WaitingGuard<'a> {
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_primary_position_not_reached() {
+        let t0 = Instant::now();
+        let mut behind = BehindPrimary::default();
+        assert_eq!(behind.lag(t0), Duration::ZERO);
+        behind.learned(10, t0);
+        behind.learned(20, t0 + Duration::from_secs(2));
+        behind.learned(15, t0 + Duration::from_secs(3)); // older news: ignored
+        assert_eq!(
+            behind.lag(t0 + Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        behind.reached(12);
+        assert_eq!(
+            behind.lag(t0 + Duration::from_secs(5)),
+            Duration::from_secs(3)
+        );
+        behind.reached(20);
+        assert_eq!(behind.lag(t0 + Duration::from_secs(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn unreached_positions_are_bounded() {
+        let t0 = Instant::now();
+        let mut behind = BehindPrimary::default();
+        for txid in 1..=(MAX_UNREACHED as u64 * 3) {
+            behind.learned(txid, t0 + Duration::from_millis(txid));
+        }
+        assert_eq!(behind.unreached.len(), MAX_UNREACHED);
+        behind.reached(MAX_UNREACHED as u64 * 3);
+        assert_eq!(behind.lag(t0), Duration::ZERO);
     }
 }

@@ -20,6 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::api::{self, Event};
 use crate::consistency::Position;
+use crate::log_limit::{self, LogLimit};
+use crate::metrics;
 use crate::shutdown::Shutdown;
 
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -60,8 +62,13 @@ pub fn spawn(
             let followed = follow(&client, &api, &db, lease.as_deref(), position.as_deref());
             tokio::select! {
                 result = followed => {
+                    metrics::set_litefs_api_up(false);
                     if let Err(error) = result {
-                        tracing::warn!(%error, "lost the LiteFS API; following the .primary file until it is back");
+                        // LiteFS down means this fails every second.
+                        static LOST: LogLimit = LogLimit::new(log_limit::EVERY);
+                        if let Some(suppressed) = LOST.allow("") {
+                            tracing::warn!(%error, suppressed, "lost the LiteFS API; following the .primary file until it is back");
+                        }
                     }
                 }
                 _ = shutdown.begun() => return,
@@ -94,6 +101,7 @@ async fn follow(
         lease.lease(view(info.is_primary, &info.primary.hostname), true);
     }
     let mut events = api::events(client, api_uri).await?;
+    metrics::set_litefs_api_up(true);
     tracing::info!(api = %api_uri, "following LiteFS events");
     loop {
         let event = match tokio::time::timeout(EVENTS_SILENCE, events.next()).await {
@@ -142,7 +150,10 @@ fn from_primary_file(mount: &std::path::Path) -> LeaseView {
         Ok(Some(host)) => LeaseView::Replica(host),
         Ok(None) => LeaseView::Unknown,
         Err(error) => {
-            tracing::warn!(%error, "cannot read .primary");
+            static UNREADABLE: LogLimit = LogLimit::new(log_limit::EVERY);
+            if let Some(suppressed) = UNREADABLE.allow("") {
+                tracing::warn!(%error, suppressed, "cannot read .primary");
+            }
             LeaseView::Unknown
         }
     }

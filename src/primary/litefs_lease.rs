@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role};
 use crate::litefs::{LeaseView, Watcher};
+use crate::log_limit::{self, LogLimit};
 use crate::metrics;
 
 #[derive(Debug)]
@@ -86,7 +87,10 @@ impl Watcher for LitefsLease {
                 }
             }
             LeaseView::Replica(host) => {
-                tracing::warn!(%host, "LiteFS names a primary that is not in cluster.peers (peers are matched by name); holding writes");
+                static UNKNOWN: LogLimit = LogLimit::new(log_limit::EVERY);
+                if let Some(suppressed) = UNKNOWN.allow(&host) {
+                    tracing::warn!(%host, suppressed, "LiteFS names a primary that is not in cluster.peers (peers are matched by name); holding writes");
+                }
                 PrimaryState::unknown()
             }
             LeaseView::Unknown => PrimaryState::unknown(),
@@ -100,7 +104,7 @@ impl Watcher for LitefsLease {
                 "LiteFS lease changed"
             );
             metrics::set_is_primary(next.role == Role::Primary);
-            metrics::count_primary_change();
+            metrics::observe_primary(next.primary.as_deref());
         }
     }
 }

@@ -495,7 +495,17 @@ impl RaftLeadership {
     pub fn refresh_gauges(&self) {
         let m = self.metrics();
         metrics::set_raft_term(m.current_term);
-        metrics::set_raft_last_quorum_ack(self.quorum_ack_age(&m));
+        let peer_acks: Vec<(String, Option<Duration>)> = self
+            .publisher
+            .members()
+            .filter(|(id, _)| *id != self.me)
+            .map(|(id, p)| (p.name.to_string(), ack_age(&m, id)))
+            .collect();
+        metrics::set_raft_progress(
+            m.cluster_committed.map(|l| l.index),
+            self.quorum_ack_age(&m),
+            &peer_acks,
+        );
     }
 }
 

@@ -168,7 +168,7 @@ impl LeadershipPublisher {
                 "leadership changed"
             );
             metrics::set_is_primary(role == Role::Primary);
-            metrics::count_primary_change();
+            metrics::observe_primary(primary.as_deref());
         }
         metrics::set_raft_term(term);
         refresh_at

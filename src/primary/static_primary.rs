@@ -445,8 +445,9 @@ impl StaticPrimary {
     fn publish(&self, inner: &Inner) {
         let next = published(&self.me, inner);
         metrics::set_is_primary(next.role == Role::Primary);
+        let primary = next.primary.clone();
         if self.cell.publish(next) {
-            metrics::count_primary_change();
+            metrics::observe_primary(primary.as_deref());
         }
     }
 

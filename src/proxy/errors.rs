@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use super::body::{self, BoxError, ProxyBody};
 use super::client_body::BodyFault;
 use super::headers::{LITEGATE_ERROR, LITEGATE_PRIMARY, LITEGATE_TERM};
+use crate::log_limit::LogLimit;
 
 /// Which side of the proxy a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +241,12 @@ impl ProxyError {
                 tracing::debug!(error = %self, "refused a forwarded write")
             }
             Side::Upstream | Side::Internal => {
-                tracing::warn!(error = %self, cause = %causes(&self), "request failed")
+                // An app that is down fails every request: one line per
+                // kind of failure every few seconds says so.
+                static FAILED: LogLimit = LogLimit::new(Duration::from_secs(10));
+                if let Some(suppressed) = FAILED.allow(self.code()) {
+                    tracing::warn!(error = %self, cause = %causes(&self), suppressed, "request failed")
+                }
             }
         }
         // The body names the problem, never the internals behind it.

@@ -23,6 +23,7 @@ use super::route::{self, Hint, Route};
 use super::{header_str, header_u64, redirect, Cluster, Outcome, Prepared, Proxy};
 use crate::config::OnTimeout;
 use crate::consistency;
+use crate::log_limit::{self, LogLimit};
 use crate::metrics;
 use crate::primary::{PrimaryState, Role};
 
@@ -115,6 +116,7 @@ impl Proxy {
             routes_tried.push(route.clone());
             let (recorded, result) = match route {
                 Route::Hold => {
+                    let _held = metrics::WriteHeld::enter();
                     watch
                         .changed_before(deadline.min(now + LEASE_RECHECK))
                         .await;
@@ -260,7 +262,10 @@ impl Proxy {
     }
 
     fn unknown_primary(&self, class: Class, primary: &str) -> Outcome {
-        tracing::warn!(%primary, "the primary is not in cluster.peers");
+        static UNKNOWN: LogLimit = LogLimit::new(log_limit::EVERY);
+        if let Some(suppressed) = UNKNOWN.allow(primary) {
+            tracing::warn!(%primary, suppressed, "the primary is not in cluster.peers");
+        }
         Outcome::rejected(
             class,
             ProxyError::NoPrimary {
@@ -383,6 +388,9 @@ impl Proxy {
                 .ok()
                 .and_then(|v| u64::from_str_radix(v, 16).ok())
         });
+        if let (Some(txid), Some(position)) = (txid, &self.position) {
+            position.primary_reached(txid);
+        }
         self.set_txid_cookie(&mut resp, txid, prepared.client_https);
         Ok(resp)
     }

@@ -45,8 +45,8 @@
 //!    says where the fault lies and whether any byte may have reached an
 //!    app; [`ProxyError::next`] is the one decision whether a write is sent
 //!    again, and `into_response` the one place an error becomes an answer.
-//! 8. **Record** (`../metrics.rs`): requests by class, route and status
-//!    class, and their duration to the response head.
+//! 8. **Record** (`../metrics.rs`): requests by class, route, origin, exact
+//!    status and reason, and their duration to the response head.
 //!
 //! Bodies are streamed frame by frame in both directions, except a write's
 //! first 64 KiB, kept so a try that sent nothing can be made again. Each
@@ -221,11 +221,12 @@ impl Proxy {
     /// the response docs/design.md §7 describes.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
+        let _in_flight = metrics::InFlight::enter();
         let outcome = match self.prepare(req, conn) {
             Err((class, err)) => Outcome::rejected(class, err),
             Ok(prepared) => self.deliver(prepared, started).await,
         };
-        self.finish(outcome, started)
+        self.finish(outcome, metrics::RequestOrigin::Client, started)
     }
 
     /// A write another node's litegate forwarded here. It is admitted only
@@ -235,6 +236,7 @@ impl Proxy {
     /// sender knows nothing reached an app).
     pub async fn handle_forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let _in_flight = metrics::InFlight::enter();
         let rules = self.rules.load_full();
         let classification = match rules.classifier.classify(
             req.method(),
@@ -245,7 +247,7 @@ impl Proxy {
             Ok(classification) => classification,
             Err(err) => {
                 let outcome = Outcome::rejected(Class::of_method(req.method()), err);
-                return self.finish(outcome, started);
+                return self.finish(outcome, metrics::RequestOrigin::Peer, started);
             }
         };
         let class = classification.class;
@@ -271,7 +273,7 @@ impl Proxy {
                     .await,
             },
         };
-        self.finish(outcome, started)
+        self.finish(outcome, metrics::RequestOrigin::Peer, started)
     }
 
     /// A leader just elected has its first quorum acknowledgement a

@@ -86,7 +86,12 @@ pub fn stamp_role(h: &mut HeaderMap, state: &PrimaryState) {
 impl Proxy {
     /// The response the client gets, errors turned into answers, with
     /// `Litegate-Served-By`, counted in the metrics.
-    pub(super) fn finish(&self, outcome: Outcome, started: Instant) -> Response<ProxyBody> {
+    pub(super) fn finish(
+        &self,
+        outcome: Outcome,
+        origin: metrics::RequestOrigin,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         let mut resp = match outcome.result {
             Ok(resp) => resp,
             Err(err) => {
@@ -103,10 +108,19 @@ impl Proxy {
             resp.headers_mut()
                 .insert(LITEGATE_SERVED_BY, self.node_name.clone());
         }
+        // Only litegate's own answers carry it here: an app's was stripped,
+        // and a primary's litegate answers for itself.
+        let reason = metrics::reason_index(
+            resp.headers()
+                .get(headers::LITEGATE_ERROR)
+                .map(HeaderValue::as_bytes),
+        );
         metrics::record_request(
             outcome.class.as_str(),
             outcome.route,
+            origin,
             resp.status().as_u16(),
+            reason,
             started.elapsed(),
         );
         resp

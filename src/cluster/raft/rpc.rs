@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{RaftNode, TypeConfig};
+use crate::log_limit::{self, LogLimit};
 use crate::proxy::body::{self, ProxyBody};
 
 /// The sender's cluster id on every Raft message.
@@ -41,7 +42,10 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if let Err(reason) = identity.admit(sender_cluster.as_deref()) {
-        tracing::warn!(%reason, "refused a Raft message from another cluster");
+        static REFUSED: LogLimit = LogLimit::new(log_limit::EVERY);
+        if let Some(suppressed) = REFUSED.allow("") {
+            tracing::warn!(%reason, suppressed, "refused a Raft message from another cluster");
+        }
         return body::text_response(StatusCode::CONFLICT, format!("{reason}\n"));
     }
     if let Some(reason) = node.quiet.refusal(endpoint, std::time::Instant::now()) {
