@@ -917,7 +917,7 @@ mod tests {
         let side = Listener {
             name: "lease",
             tls: None,
-            timeouts: Timeouts::from_config(&n.config),
+            timeouts: Timeouts::live(&n.config),
             max_header_bytes: 65536,
             max_connections: 16,
             http1_only: true,
