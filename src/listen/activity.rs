@@ -64,17 +64,21 @@ impl Activity {
     /// Resolves once the connection has been silent too long; never while
     /// a request is in flight.
     ///
-    /// Requests do not wake it: it sleeps until the deadline it last saw and
-    /// then looks again, so a request that started or ended meanwhile only
-    /// moves the next wake-up. While requests run it looks once per idle
-    /// timeout. Waking the connection's task at the start and end of every
-    /// request cost more than these rare timer firings.
+    /// Requests do not wake it: it sleeps until the deadline it last saw,
+    /// but never longer than one idle timeout, and then looks again. So a
+    /// request that starts or ends meanwhile only moves the next wake-up,
+    /// and the idle deadline after it is seen in time even when the head
+    /// deadline it slept towards is later. Waking the connection's task at
+    /// the start and end of every request cost more than these rare timer
+    /// firings.
     pub async fn expired(&self) {
         loop {
             let now = Instant::now();
             match self.deadline() {
                 Some(deadline) if deadline <= now => return,
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                Some(deadline) => {
+                    tokio::time::sleep_until(deadline.min(now + self.idle_timeout)).await
+                }
                 None => tokio::time::sleep_until(now + self.idle_timeout).await,
             }
         }
@@ -145,5 +149,23 @@ mod tests {
             .expect("an idle connection must expire")
             .expect("the waiter does not panic");
         assert!(expired_at >= finished + IDLE);
+    }
+
+    #[tokio::test]
+    async fn idleness_after_the_first_request_is_not_held_to_a_later_head_deadline() {
+        // The waiter first sleeps towards the head deadline, far beyond
+        // BOUND; the request that comes and goes meanwhile must make it
+        // expire one idle timeout after the request, not at that deadline.
+        let activity = Activity::new(Instant::now(), 10 * BOUND, IDLE);
+        let waiting = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.expired().await }
+        });
+        tokio::time::sleep(IDLE / 5).await;
+        drop(activity.request_started());
+        tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the idle timeout must close the connection, not the head deadline")
+            .expect("the waiter does not panic");
     }
 }
