@@ -287,13 +287,14 @@ def start_raft_cluster(
     upstreams: list[str],
     witnesses: int = 0,
     extra: str = "",
-    bootstrap: bool = True,
+    bootstrap: bool | str = True,
     node_env=None,
     edit_config=None,
     reached_at: dict[str, int] | None = None,
 ) -> list[ClusterNode]:
     """One litegate per upstream plus `witnesses` witness nodes (no app),
-    all in primary.mode = "raft"; node-1 bootstraps the cluster. Returns
+    all in primary.mode = "raft"; node-1 bootstraps the cluster
+    (`bootstrap="all"`: every node is started with --bootstrap). Returns
     app nodes first, then witnesses. `node_env(name)` adds environment
     (e.g. LITEGATE_HOOKS_* overrides) per node; `edit_config(name, text)`
     returns the config text a node is started with (e.g. one node that
@@ -321,7 +322,7 @@ def start_raft_cluster(
                "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}",
                **(node_env(spec["name"]) if node_env else {})}
         args = ["run", "--config", str(path)]
-        if bootstrap and spec["id"] == 1:
+        if bootstrap == "all" or (bootstrap and spec["id"] == 1):
             args.append("--bootstrap")
         proc = procs.litegate(spec["name"], args, env=env)
         node = ClusterNode(proc, spec["public_port"], spec["admin_port"], spec["name"], spec["cluster_port"],

@@ -264,9 +264,24 @@ def test_without_bootstrap_nobody_elects_itself(procs, apps):
     for n in nodes:
         s = n.status()
         assert s["role"] == "unknown" and s["primary"] is None and s["raft"]["term"] == 0
-    assert "start one node with --bootstrap" in nodes[0].proc.output()
+    assert "has not joined a Raft cluster yet" in nodes[0].proc.output()
+    for n in nodes:
+        assert "has not joined a Raft cluster yet" in n.status()["raft"]["not_serving"]
     r = write(nodes[0], "held", timeout=15)
     assert r.status_code == 503 and r.headers["litegate-error"] == "no-primary"
+    assert "has not joined a Raft cluster yet" in r.text and "--bootstrap" in r.text
+
+
+def test_bootstrap_on_every_node_forms_one_cluster(procs, apps):
+    nodes = start_raft_cluster(procs, apps, bootstrap="all")
+    leader = leader_of(nodes)
+    for n in nodes:
+        r = write(n, f"via-{n.name}")
+        assert r.status_code == 201, r.text
+        assert r.headers["litegate-served-by"] == leader.name
+        assert n.status()["raft"]["not_serving"] is None
+    for n in nodes:
+        assert "another cluster" not in n.proc.output()
 
 
 def test_two_app_nodes_and_a_witness_fail_over(procs):

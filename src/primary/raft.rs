@@ -48,7 +48,8 @@ use super::raft_publisher::{age, LeadershipPublisher, Member};
 use super::write_gate::GatePass;
 use super::PrimaryWatch;
 use crate::cluster::raft::quiet::StartupQuiet;
-use crate::cluster::raft::{LitegateRaft, TypeConfig};
+use crate::cluster::raft::standing::Standing;
+use crate::cluster::raft::{LitegateRaft, TypeConfig, NOT_JOINED};
 use crate::config::Config;
 use crate::metrics;
 use crate::shutdown::Shutdown;
@@ -66,6 +67,7 @@ pub struct RaftLeadership {
     quiet: StartupQuiet,
     /// The term a witness last handed off in, so it asks once per term.
     witness_handoff_term: AtomicU64,
+    standing: Arc<Standing>,
 }
 
 impl std::fmt::Debug for RaftLeadership {
@@ -94,7 +96,12 @@ pub enum HandoffError {
 }
 
 impl RaftLeadership {
-    pub fn new(raft: LitegateRaft, config: &Config, quiet: StartupQuiet) -> Arc<Self> {
+    pub fn new(
+        raft: LitegateRaft,
+        config: &Config,
+        quiet: StartupQuiet,
+        standing: Arc<Standing>,
+    ) -> Arc<Self> {
         let members: BTreeMap<u64, Member> = config
             .cluster
             .peers
@@ -126,7 +133,19 @@ impl RaftLeadership {
             election_timeout_max: hi.get(),
             quiet,
             witness_handoff_term: AtomicU64::new(0),
+            standing,
         })
+    }
+
+    /// Why this node knows no primary when that is its own state, not the
+    /// cluster's: it never joined one, or it refuses the one it found.
+    pub fn why_no_primary(&self) -> Option<String> {
+        if let Some(refusal) = self.standing.refusal() {
+            return Some(refusal);
+        }
+        let m = self.metrics();
+        let joined = m.membership_config.voter_ids().next().is_some();
+        (!joined).then(|| NOT_JOINED.to_owned())
     }
 
     pub fn watch(&self) -> PrimaryWatch {
@@ -349,6 +368,7 @@ impl RaftLeadership {
             "takeover_hold_ms_left": ms_left(self.publisher.hold_ends(now), now),
             "startup_quiet_ms_left": ms_left(Some(self.quiet.ends()).filter(|end| *end > now), now),
             "peers": peers,
+            "not_serving": self.why_no_primary(),
         })
     }
 

@@ -102,8 +102,13 @@ use respond::Origin;
 use upgrade::ClientUpgrade;
 
 /// How long a forwarded write waits on a leader whose lease has not
-/// started (or lapsed) before it is sent back with `421`.
-const LEASE_GRACE: Duration = Duration::from_millis(300);
+/// started (or lapsed) before it is sent back with `421`: `election_timeout`
+/// max. A new leader's lease starts when its takeover hold ends, that long
+/// after its election; a lapsed one is renewed by the next quorum
+/// acknowledgement, within a heartbeat, which is shorter.
+fn lease_grace(config: &Config) -> Duration {
+    config.cluster.election_timeout[1].get()
+}
 
 /// How often a held write looks again at a leader whose lease lapsed; a
 /// renewal also wakes it at once.
@@ -137,6 +142,7 @@ pub struct Proxy {
     position: Option<Arc<Position>>,
     on_replica: OnReplica,
     primary_wait: Duration,
+    lease_grace: Duration,
     trusted_proxies: Vec<Cidr>,
     max_header_bytes: usize,
     body_read_timeout: Duration,
@@ -198,6 +204,7 @@ impl Proxy {
             position,
             on_replica: config.routing.on_replica,
             primary_wait: config.routing.primary_wait.get(),
+            lease_grace: lease_grace(config),
             trusted_proxies: config.public.trusted_proxies.clone(),
             max_header_bytes: config.public.max_header_bytes,
             body_read_timeout: config.public.body_read_timeout.get(),
@@ -241,7 +248,7 @@ impl Proxy {
         {
             self.source.observe(term, primary);
         }
-        self.wait_for_lease(deadline_after(started, LEASE_GRACE))
+        self.wait_for_lease(deadline_after(started, self.lease_grace))
             .await;
         let permit = self
             .source
