@@ -5,8 +5,11 @@ loopback."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -216,6 +219,17 @@ def write_secret(directory: Path, name: str = "cluster.secret", secret: str = "s
     path = directory / name
     path.write_text(secret + "\n")
     return path
+
+
+def cluster_auth(secret: str, method: str, path: str) -> dict[str, str]:
+    """The `Litegate-Cluster-Auth` header a node signs a cluster request
+    with (src/cluster/auth.rs): HMAC-SHA256 of method, path and query,
+    timestamp and a fresh nonce."""
+    at = str(int(time.time()))
+    nonce = secrets.token_hex(16)
+    message = f"litegate-cluster-v1\n{method}\n{path}\n{at}\n{nonce}".encode()
+    sig = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return {"litegate-cluster-auth": f"v1 {at} {nonce} {sig}"}
 
 
 def cluster_config(

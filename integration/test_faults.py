@@ -85,6 +85,9 @@ NODE_DOWN_STATUS = 599
 NODE_DOWN = (f"HTTP/1.1 {NODE_DOWN_STATUS} Node Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
              .encode())
 
+# What the litegate CLI sends with admin actions (a browser page cannot).
+ADMIN = {"litegate-admin": "1"}
+
 
 # --- Reaching into network namespaces ----------------------------------------
 
@@ -500,7 +503,7 @@ class Nemesis:
                     others = [n for n in self.cluster.nodes if n is not leader]
                     params["to"] = others[draw.pick % len(others)].name
                 try:
-                    r = httpx.post(f"{leader.admin}/handoff", params=params, timeout=20)
+                    r = httpx.post(f"{leader.admin}/handoff", headers=ADMIN, params=params, timeout=20)
                     outcome = f"{r.status_code} {' '.join(r.text.split())[:80]}"
                 except httpx.HTTPError as e:
                     outcome = type(e).__name__

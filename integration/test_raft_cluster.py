@@ -25,6 +25,9 @@ from harness import (
 
 FIXTURES = INTEGRATION / "fixtures"
 
+# What the litegate CLI sends with admin actions (a browser page cannot).
+ADMIN = {"litegate-admin": "1"}
+
 
 def start_apps(procs, n):
     return [procs.uvicorn(f"app-{i}", "upstream:app", FIXTURES, env={"APP_NODE": f"app-{i}"})[1]
@@ -205,12 +208,12 @@ def test_handoff_under_load_loses_and_fails_nothing(cluster, apps):
 
     # Handing off to a named node, and refusals that explain themselves.
     target = next(n for n in cluster if n is not new_leader)
-    r = httpx.post(f"{new_leader.admin}/handoff", params={"to": target.name}, timeout=30)
+    r = httpx.post(f"{new_leader.admin}/handoff", headers=ADMIN, params={"to": target.name}, timeout=30)
     assert r.status_code == 200, r.text
     assert leader_of(cluster) is target
-    r = httpx.post(f"{new_leader.admin}/handoff", timeout=30)
+    r = httpx.post(f"{new_leader.admin}/handoff", headers=ADMIN, timeout=30)
     assert r.status_code == 409 and f"the leader is {target.name}" in r.text
-    r = httpx.post(f"{target.admin}/handoff", params={"to": "nobody"}, timeout=30)
+    r = httpx.post(f"{target.admin}/handoff", headers=ADMIN, params={"to": "nobody"}, timeout=30)
     assert r.status_code == 400 and "not an app node" in r.text
 
 
@@ -353,7 +356,7 @@ def test_role_file_hooks_and_exec_if_primary(procs, apps, tmp_path):
     assert on_replica.returncode == 0 and "skipped" in on_replica.stdout and leader.name in on_replica.stdout
     assert marker.read_text() == "ran\n"
 
-    r = httpx.post(f"{leader.admin}/handoff", params={"to": replica.name}, timeout=30)
+    r = httpx.post(f"{leader.admin}/handoff", headers=ADMIN, params={"to": replica.name}, timeout=30)
     assert r.status_code == 200, r.text
     wait_until(lambda: (hook_dir(leader) / "role").read_text() == f"replica {replica.name}\n", 10,
                "the old leader's role file")
@@ -404,7 +407,7 @@ def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_run
         for attempt in range(6):
             leader = leader_of(nodes, timeout=20)
             if leader is challenger:
-                r = httpx.post(f"{leader.admin}/handoff", params={"to": nodes[0].name}, timeout=30)
+                r = httpx.post(f"{leader.admin}/handoff", headers=ADMIN, params={"to": nodes[0].name}, timeout=30)
                 assert r.status_code == 200, r.text
                 leader = leader_of(nodes, timeout=20)
             restarted = next(n for n in nodes if n is not leader and n is not challenger)

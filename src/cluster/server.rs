@@ -1,5 +1,5 @@
-//! The cluster listener's routes. Every request is authenticated first (the
-//! shared secret here; mutual TLS already during the handshake) and an
+//! The cluster listener's routes. Every request is authenticated first (its
+//! signature under the shared secret here, once per nonce; mutual TLS already during the handshake) and an
 //! unauthenticated one never reaches an app.
 //!
 //! - `GET /_litegate/epoch`: this node's view of the primary (static mode:
@@ -40,8 +40,9 @@ impl Handler for ClusterService {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         if let Some(secret) = &self.secret {
-            if !secret.verify(req.headers()) {
-                tracing::warn!(peer = %conn.peer, path = req.uri().path(), "refused an unauthenticated cluster request");
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            if let Err(why) = secret.verify(req.method(), path, req.headers()) {
+                tracing::warn!(peer = %conn.peer, path = req.uri().path(), %why, "refused an unauthenticated cluster request");
                 return ProxyError::Unauthorized.into_response();
             }
         }
