@@ -14,6 +14,7 @@ import pytest
 
 from harness import (
     INTEGRATION,
+    cluster_auth,
     TcpRelay,
     leader_of,
     litegate_bin,
@@ -273,6 +274,63 @@ def test_without_bootstrap_nobody_elects_itself(procs, apps):
     r = write(nodes[0], "held", timeout=15)
     assert r.status_code == 503 and r.headers["litegate-error"] == "no-primary"
     assert "has not joined a Raft cluster yet" in r.text and "--bootstrap" in r.text
+
+
+def test_a_storage_error_ends_the_process(procs, cluster, apps):
+    """An authenticated peer's malformed append (entries that leave a gap
+    after the follower's log) is refused by the log store; the storage
+    error stops Raft, and the process exits non-zero with one line saying
+    what failed, instead of staying up with Raft shut down."""
+    import json
+    leader = leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    lead = leader.status()["raft"]
+    wait_until(lambda: follower.status()["raft"]["last_log_index"] == lead["last_log_index"], 10,
+               "the follower to hold the leader's log")
+    term, last = lead["term"], lead["last_log_index"]
+    cluster_id = json.loads((procs.log_dir / f"{follower.name}-data" / "identity.json").read_text())["cluster_id"]
+    secret = (procs.log_dir / "cluster.secret").read_text().strip()
+    gap = {"vote": {"leader_id": {"term": term, "voted_for": lead["node_id"]}, "committed": True},
+           "prev_log_id": {"leader_id": term, "index": last},
+           "entries": [{"log_id": {"leader_id": term, "index": last + 5}, "payload": "Blank"}],
+           "leader_commit": None}
+    path = "/_litegate/raft/append"
+    try:
+        httpx.post(f"http://127.0.0.1:{follower.cluster_port}{path}", content=json.dumps(gap),
+                   headers={**cluster_auth(secret, "POST", path), "litegate-cluster-id": cluster_id}, timeout=10)
+    except httpx.HTTPError:
+        pass  # the process may end before it answers
+    assert follower.proc.wait(15) == 74
+    out = follower.proc.output()
+    assert "Raft stopped on a fatal error" in out and "refused to append log entry" in out, out
+    # The data dir holds no gap: the node starts again and follows.
+    restart(procs, follower)
+    wait_until(lambda: follower.status()["raft"]["state"] == "Follower", 15, "the restarted node to follow")
+    assert write(follower, "after-restart").status_code == 201
+
+
+def test_a_copied_identity_is_refused_naming_both_addresses(procs, cluster, apps):
+    """node-3 restarted with node-2's [node] section (and a fresh data dir)
+    at node-3's address: the leader's messages for node 3 reach it, and it
+    ends with a message naming both addresses; the real node-2 keeps
+    working."""
+    leader = leader_of(cluster)
+    one, two, three = cluster
+    three.proc.signal(signal.SIGKILL)
+    three.proc.wait(10)
+    text = three.config_path.read_text()
+    copied = (text.replace('[node]\nid = 3\nname = "node-3"', '[node]\nid = 2\nname = "node-2"')
+              .replace("node-3-data", "node-3-copy-data"))
+    assert copied != text and 'id = 2\nname = "node-2"' in copied
+    path = three.config_path.parent / "node-3-copied.toml"
+    path.write_text(copied)
+    copy = procs.litegate("node-3-copy", ["run", "--config", str(path)], env=three.env)
+    assert copy.wait(20) == 78
+    out = copy.output()
+    assert "two processes claim node 2" in out, out
+    assert f"127.0.0.1:{three.cluster_port}" in out and f"127.0.0.1:{two.cluster_port}" in out, out
+    assert leader_of([one, two]) in (one, two)
+    assert write(two, "real-node-2").status_code == 201
 
 
 def test_bootstrap_on_every_node_forms_one_cluster(procs, apps):

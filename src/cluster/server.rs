@@ -55,7 +55,7 @@ impl Handler for ClusterService {
                 match &self.raft {
                     Some(node) => {
                         let endpoint = endpoint.to_owned();
-                        raft::rpc::handle(node, &endpoint, req).await
+                        raft::rpc::handle(node, &endpoint, req, conn.peer).await
                     }
                     None => body::text_response(
                         StatusCode::NOT_FOUND,

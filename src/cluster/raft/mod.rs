@@ -62,6 +62,11 @@ pub struct RaftNode {
     pub identity: Arc<store::IdentityFile>,
     pub quiet: quiet::StartupQuiet,
     pub standing: Arc<standing::Standing>,
+    /// This node's id and where `cluster.peers` says it is, and where it
+    /// listens: named when two processes claim one id.
+    pub me: u64,
+    pub configured_at: String,
+    pub listening_on: String,
 }
 
 /// Opens the data dir, starts openraft, and — with `bootstrap` on a node
@@ -152,6 +157,15 @@ pub async fn start(
         identity,
         quiet,
         standing: Arc::default(),
+        me,
+        configured_at: config
+            .cluster
+            .peers
+            .iter()
+            .find(|p| p.id == me)
+            .map(|p| p.cluster.clone())
+            .unwrap_or_default(),
+        listening_on: config.cluster.listen.0.to_string(),
     })
 }
 
@@ -184,6 +198,10 @@ fn exit_on_fatal(raft: LitegateRaft) {
         }
     });
 }
+
+/// The exit code of a process that found its identity claimed by another
+/// (EX_CONFIG in sysexits.h: its config is a copy of another node's).
+pub const EXIT_COPIED_IDENTITY: i32 = 78;
 
 /// The exit code after a fatal Raft error (EX_IOERR in sysexits.h: most
 /// such errors are the data dir's).
