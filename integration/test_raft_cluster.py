@@ -333,6 +333,42 @@ def test_a_copied_identity_is_refused_naming_both_addresses(procs, cluster, apps
     assert write(two, "real-node-2").status_code == 201
 
 
+def test_a_lagging_follower_catches_up_by_snapshot_after_a_purge(procs, apps):
+    """Snapshots every 2 entries, nothing kept after them: a follower that
+    was down while the others moved leadership back and forth finds the
+    log it missed purged, and is sent the snapshot."""
+    small = lambda name: {"LITEGATE_CLUSTER_SNAPSHOT_ENTRIES": "2"}  # noqa: E731
+    nodes = start_raft_cluster(procs, apps, node_env=small)
+    leader = leader_of(nodes)
+    lagging = next(n for n in nodes if n is not leader)
+    wait_until(lambda: lagging.status()["raft"]["last_log_index"] == leader.status()["raft"]["last_log_index"],
+               10, "the follower to catch up")
+    missed_from = lagging.status()["raft"]["last_log_index"]
+    lagging.proc.signal(signal.SIGKILL)
+    lagging.proc.wait(10)
+    live = [n for n in nodes if n is not lagging]
+    # Each handoff elects a new leader, which appends an entry.
+    for _ in range(6):
+        current = leader_of(live)
+        r = httpx.post(f"{current.admin}/handoff", headers=ADMIN, timeout=30)
+        assert r.status_code == 200, r.text
+        if (current.status()["raft"]["purged_index"] or -1) > missed_from + 1:
+            break
+    current = leader_of(live)
+    purged = current.status()["raft"]["purged_index"]
+    assert purged is not None and purged > missed_from, current.status()["raft"]
+
+    restart(procs, lagging)
+    lead = current.status()["raft"]
+    wait_until(lambda: lagging.status()["raft"]["last_log_index"] == current.status()["raft"]["last_log_index"],
+               20, "the restarted follower to catch up")
+    caught = lagging.status()["raft"]
+    # The entries after missed_from up to the purge exist nowhere but in the
+    # snapshot: the follower holds a snapshot at or past the purge.
+    assert caught["snapshot_index"] is not None and caught["snapshot_index"] >= purged, (caught, lead)
+    assert write(lagging, "after-snapshot").status_code == 201
+
+
 def test_bootstrap_on_every_node_forms_one_cluster(procs, apps):
     nodes = start_raft_cluster(procs, apps, bootstrap="all")
     leader = leader_of(nodes)

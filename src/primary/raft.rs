@@ -363,6 +363,8 @@ impl RaftLeadership {
             "last_log_index": m.last_log_index,
             "committed_index": m.cluster_committed.map(|l| l.index),
             "applied_index": m.last_applied.map(|l| l.index),
+            "snapshot_index": m.snapshot.map(|l| l.index),
+            "purged_index": m.purged.map(|l| l.index),
             "quorum_ack_ms_ago": self.quorum_ack_age(&m).map(|d| d.as_millis() as u64),
             "handing_off": self.publisher.handing_off(),
             "takeover_hold_ms_left": ms_left(self.publisher.hold_ends(now), now),
