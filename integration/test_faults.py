@@ -311,6 +311,8 @@ class Cluster:
                 f'[primary]\nmode = "raft"\n\n'
                 f'[cluster]\nlisten = "{net.cluster_host(node.index)}:{p["cluster"]}"\n'
                 f'data_dir = "{procs.log_dir / (node.name + "-data")}"\nsecret_file = "{secret}"\n'
+                # The namespaces' addresses are not loopback; the test net is private.
+                'allow_plaintext = true\n'
                 f"peers = [\n  {peers},\n]\n\n{CONFIG_EXTRA}")
             node.env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{p['public']}",
                         "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{p['admin']}"}

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import websockets
 
-from harness import INTEGRATION, cluster_auth, free_port, leader_of, litegate_bin, restart, start_static_cluster, wait_until
+from harness import (INTEGRATION, cluster_auth, free_port, leader_of, litegate_bin, restart, start_static_cluster,
+                     wait_until, write_secret)
 
 FASTAPI = INTEGRATION / "apps" / "fastapi_app"
 
@@ -406,3 +407,24 @@ def test_insecure_cluster_listener_is_refused(tmp_path):
                          timeout=20)
     assert out.returncode == 1
     assert "`cluster.listen`" in out.stderr and "secret_file" in out.stderr and "insecure" in out.stderr
+
+
+def test_plaintext_cluster_traffic_off_loopback_is_refused_at_start(tmp_path):
+    secret = write_secret(tmp_path)
+    base = ('[node]\nid = 1\nname = "a"\n[primary]\nmode = "static"\nstatic = "a"\n'
+            f'[cluster]\nlisten = "0.0.0.0:{free_port()}"\ndata_dir = "{tmp_path}"\nsecret_file = "{secret}"\n'
+            'peers = [{ id = 1, name = "a", cluster = "10.1.1.1:7070", public_url = "http://10.1.1.1:8080" }]\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(base)
+    env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{free_port()}", "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+           "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(litegate_bin()), "run", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=20, env=env)
+    assert out.returncode == 1
+    assert "`cluster.allow_plaintext`" in out.stderr and "not encrypted" in out.stderr and "tls_cert" in out.stderr
+    # Allowed on purpose: it starts, and says so loudly.
+    allowed = base.replace("secret_file =", "allow_plaintext = true\nsecret_file =")
+    cfg.write_text(allowed)
+    out = subprocess.run([str(litegate_bin()), "check", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=20, env=env)
+    assert out.returncode == 0, out.stderr
