@@ -209,7 +209,7 @@ fn handoff_under_load(nodes: &[Node], leader_admin: SocketAddr) -> (Duration, us
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let answer = post(leader_admin, "/handoff", Duration::from_secs(10));
+    let answer = admin_post(leader_admin, "/handoff", Duration::from_secs(10));
     assert_eq!(answer, Some(200), "the handoff was refused");
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
@@ -249,6 +249,16 @@ fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Option<u16> {
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
+        timeout,
+    )
+    .map(|(status, _)| status)
+}
+
+/// An admin action, with the header the litegate CLI sends.
+fn admin_post(addr: SocketAddr, path: &str, timeout: Duration) -> Option<u16> {
+    exchange(
+        addr,
+        &format!("POST {path} HTTP/1.1\r\nHost: bench\r\nLitegate-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
         timeout,
     )
     .map(|(status, _)| status)

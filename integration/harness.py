@@ -5,8 +5,11 @@ loopback."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -218,6 +221,17 @@ def write_secret(directory: Path, name: str = "cluster.secret", secret: str = "s
     return path
 
 
+def cluster_auth(secret: str, method: str, path: str) -> dict[str, str]:
+    """The `Litegate-Cluster-Auth` header a node signs a cluster request
+    with (src/cluster/auth.rs): HMAC-SHA256 of method, path and query,
+    timestamp and a fresh nonce."""
+    at = str(int(time.time()))
+    nonce = secrets.token_hex(16)
+    message = f"litegate-cluster-v1\n{method}\n{path}\n{at}\n{nonce}".encode()
+    sig = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return {"litegate-cluster-auth": f"v1 {at} {nonce} {sig}"}
+
+
 def cluster_config(
     nodes: list[dict],
     me: dict,
@@ -287,13 +301,14 @@ def start_raft_cluster(
     upstreams: list[str],
     witnesses: int = 0,
     extra: str = "",
-    bootstrap: bool = True,
+    bootstrap: bool | str = True,
     node_env=None,
     edit_config=None,
     reached_at: dict[str, int] | None = None,
 ) -> list[ClusterNode]:
     """One litegate per upstream plus `witnesses` witness nodes (no app),
-    all in primary.mode = "raft"; node-1 bootstraps the cluster. Returns
+    all in primary.mode = "raft"; node-1 bootstraps the cluster
+    (`bootstrap="all"`: every node is started with --bootstrap). Returns
     app nodes first, then witnesses. `node_env(name)` adds environment
     (e.g. LITEGATE_HOOKS_* overrides) per node; `edit_config(name, text)`
     returns the config text a node is started with (e.g. one node that
@@ -321,7 +336,7 @@ def start_raft_cluster(
                "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}",
                **(node_env(spec["name"]) if node_env else {})}
         args = ["run", "--config", str(path)]
-        if bootstrap and spec["id"] == 1:
+        if bootstrap == "all" or (bootstrap and spec["id"] == 1):
             args.append("--bootstrap")
         proc = procs.litegate(spec["name"], args, env=env)
         node = ClusterNode(proc, spec["public_port"], spec["admin_port"], spec["name"], spec["cluster_port"],

@@ -85,6 +85,9 @@ NODE_DOWN_STATUS = 599
 NODE_DOWN = (f"HTTP/1.1 {NODE_DOWN_STATUS} Node Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
              .encode())
 
+# What the litegate CLI sends with admin actions (a browser page cannot).
+ADMIN = {"litegate-admin": "1"}
+
 
 # --- Reaching into network namespaces ----------------------------------------
 
@@ -308,6 +311,8 @@ class Cluster:
                 f'[primary]\nmode = "raft"\n\n'
                 f'[cluster]\nlisten = "{net.cluster_host(node.index)}:{p["cluster"]}"\n'
                 f'data_dir = "{procs.log_dir / (node.name + "-data")}"\nsecret_file = "{secret}"\n'
+                # The namespaces' addresses are not loopback; the test net is private.
+                'allow_plaintext = true\n'
                 f"peers = [\n  {peers},\n]\n\n{CONFIG_EXTRA}")
             node.env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{p['public']}",
                         "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{p['admin']}"}
@@ -500,7 +505,7 @@ class Nemesis:
                     others = [n for n in self.cluster.nodes if n is not leader]
                     params["to"] = others[draw.pick % len(others)].name
                 try:
-                    r = httpx.post(f"{leader.admin}/handoff", params=params, timeout=20)
+                    r = httpx.post(f"{leader.admin}/handoff", headers=ADMIN, params=params, timeout=20)
                     outcome = f"{r.status_code} {' '.join(r.text.split())[:80]}"
                 except httpx.HTTPError as e:
                     outcome = type(e).__name__

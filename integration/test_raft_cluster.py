@@ -14,6 +14,7 @@ import pytest
 
 from harness import (
     INTEGRATION,
+    cluster_auth,
     TcpRelay,
     leader_of,
     litegate_bin,
@@ -24,6 +25,9 @@ from harness import (
 )
 
 FIXTURES = INTEGRATION / "fixtures"
+
+# What the litegate CLI sends with admin actions (a browser page cannot).
+ADMIN = {"litegate-admin": "1"}
 
 
 def start_apps(procs, n):
@@ -216,12 +220,12 @@ def test_handoff_under_load_loses_and_fails_nothing(cluster, apps):
 
     # Handing off to a named node, and refusals that explain themselves.
     target = next(n for n in cluster if n is not new_leader)
-    r = httpx.post(f"{new_leader.admin}/handoff", params={"to": target.name}, timeout=30)
+    r = httpx.post(f"{new_leader.admin}/handoff", headers=ADMIN, params={"to": target.name}, timeout=30)
     assert r.status_code == 200, r.text
     assert leader_of(cluster) is target
-    r = httpx.post(f"{new_leader.admin}/handoff", timeout=30)
+    r = httpx.post(f"{new_leader.admin}/handoff", headers=ADMIN, timeout=30)
     assert r.status_code == 409 and f"the leader is {target.name}" in r.text
-    r = httpx.post(f"{target.admin}/handoff", params={"to": "nobody"}, timeout=30)
+    r = httpx.post(f"{target.admin}/handoff", headers=ADMIN, params={"to": "nobody"}, timeout=30)
     assert r.status_code == 400 and "not an app node" in r.text
 
 
@@ -275,9 +279,117 @@ def test_without_bootstrap_nobody_elects_itself(procs, apps):
     for n in nodes:
         s = n.status()
         assert s["role"] == "unknown" and s["primary"] is None and s["raft"]["term"] == 0
-    assert "start one node with --bootstrap" in nodes[0].proc.output()
+    assert "has not joined a Raft cluster yet" in nodes[0].proc.output()
+    for n in nodes:
+        assert "has not joined a Raft cluster yet" in n.status()["raft"]["not_serving"]
     r = write(nodes[0], "held", timeout=15)
     assert r.status_code == 503 and r.headers["litegate-error"] == "no-primary"
+    assert "has not joined a Raft cluster yet" in r.text and "--bootstrap" in r.text
+
+
+def test_a_storage_error_ends_the_process(procs, cluster, apps):
+    """An authenticated peer's malformed append (entries that leave a gap
+    after the follower's log) is refused by the log store; the storage
+    error stops Raft, and the process exits non-zero with one line saying
+    what failed, instead of staying up with Raft shut down."""
+    import json
+    leader = leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    lead = leader.status()["raft"]
+    wait_until(lambda: follower.status()["raft"]["last_log_index"] == lead["last_log_index"], 10,
+               "the follower to hold the leader's log")
+    term, last = lead["term"], lead["last_log_index"]
+    cluster_id = json.loads((procs.log_dir / f"{follower.name}-data" / "identity.json").read_text())["cluster_id"]
+    secret = (procs.log_dir / "cluster.secret").read_text().strip()
+    gap = {"vote": {"leader_id": {"term": term, "voted_for": lead["node_id"]}, "committed": True},
+           "prev_log_id": {"leader_id": term, "index": last},
+           "entries": [{"log_id": {"leader_id": term, "index": last + 5}, "payload": "Blank"}],
+           "leader_commit": None}
+    path = "/_litegate/raft/append"
+    try:
+        httpx.post(f"http://127.0.0.1:{follower.cluster_port}{path}", content=json.dumps(gap),
+                   headers={**cluster_auth(secret, "POST", path), "litegate-cluster-id": cluster_id}, timeout=10)
+    except httpx.HTTPError:
+        pass  # the process may end before it answers
+    assert follower.proc.wait(15) == 74
+    out = follower.proc.output()
+    assert "Raft stopped on a fatal error" in out and "refused to append log entry" in out, out
+    # The data dir holds no gap: the node starts again and follows.
+    restart(procs, follower)
+    wait_until(lambda: follower.status()["raft"]["state"] == "Follower", 15, "the restarted node to follow")
+    assert write(follower, "after-restart").status_code == 201
+
+
+def test_a_copied_identity_is_refused_naming_both_addresses(procs, cluster, apps):
+    """node-3 restarted with node-2's [node] section (and a fresh data dir)
+    at node-3's address: the leader's messages for node 3 reach it, and it
+    ends with a message naming both addresses; the real node-2 keeps
+    working."""
+    leader = leader_of(cluster)
+    one, two, three = cluster
+    three.proc.signal(signal.SIGKILL)
+    three.proc.wait(10)
+    text = three.config_path.read_text()
+    copied = (text.replace('[node]\nid = 3\nname = "node-3"', '[node]\nid = 2\nname = "node-2"')
+              .replace("node-3-data", "node-3-copy-data"))
+    assert copied != text and 'id = 2\nname = "node-2"' in copied
+    path = three.config_path.parent / "node-3-copied.toml"
+    path.write_text(copied)
+    copy = procs.litegate("node-3-copy", ["run", "--config", str(path)], env=three.env)
+    assert copy.wait(20) == 78
+    out = copy.output()
+    assert "two processes claim node 2" in out, out
+    assert f"127.0.0.1:{three.cluster_port}" in out and f"127.0.0.1:{two.cluster_port}" in out, out
+    assert leader_of([one, two]) in (one, two)
+    assert write(two, "real-node-2").status_code == 201
+
+
+def test_a_lagging_follower_catches_up_by_snapshot_after_a_purge(procs, apps):
+    """Snapshots every 2 entries, nothing kept after them: a follower that
+    was down while the others moved leadership back and forth finds the
+    log it missed purged, and is sent the snapshot."""
+    small = lambda name: {"LITEGATE_CLUSTER_SNAPSHOT_ENTRIES": "2"}  # noqa: E731
+    nodes = start_raft_cluster(procs, apps, node_env=small)
+    leader = leader_of(nodes)
+    lagging = next(n for n in nodes if n is not leader)
+    wait_until(lambda: lagging.status()["raft"]["last_log_index"] == leader.status()["raft"]["last_log_index"],
+               10, "the follower to catch up")
+    missed_from = lagging.status()["raft"]["last_log_index"]
+    lagging.proc.signal(signal.SIGKILL)
+    lagging.proc.wait(10)
+    live = [n for n in nodes if n is not lagging]
+    # Each handoff elects a new leader, which appends an entry.
+    for _ in range(6):
+        current = leader_of(live)
+        r = httpx.post(f"{current.admin}/handoff", headers=ADMIN, timeout=30)
+        assert r.status_code == 200, r.text
+        if (current.status()["raft"]["purged_index"] or -1) > missed_from + 1:
+            break
+    current = leader_of(live)
+    purged = current.status()["raft"]["purged_index"]
+    assert purged is not None and purged > missed_from, current.status()["raft"]
+
+    restart(procs, lagging)
+    lead = current.status()["raft"]
+    wait_until(lambda: lagging.status()["raft"]["last_log_index"] == current.status()["raft"]["last_log_index"],
+               20, "the restarted follower to catch up")
+    caught = lagging.status()["raft"]
+    # The entries after missed_from up to the purge exist nowhere but in the
+    # snapshot: the follower holds a snapshot at or past the purge.
+    assert caught["snapshot_index"] is not None and caught["snapshot_index"] >= purged, (caught, lead)
+    assert write(lagging, "after-snapshot").status_code == 201
+
+
+def test_bootstrap_on_every_node_forms_one_cluster(procs, apps):
+    nodes = start_raft_cluster(procs, apps, bootstrap="all")
+    leader = leader_of(nodes)
+    for n in nodes:
+        r = write(n, f"via-{n.name}")
+        assert r.status_code == 201, r.text
+        assert r.headers["litegate-served-by"] == leader.name
+        assert n.status()["raft"]["not_serving"] is None
+    for n in nodes:
+        assert "another cluster" not in n.proc.output()
 
 
 def test_two_app_nodes_and_a_witness_fail_over(procs):
@@ -349,7 +461,7 @@ def test_role_file_hooks_and_exec_if_primary(procs, apps, tmp_path):
     assert on_replica.returncode == 0 and "skipped" in on_replica.stdout and leader.name in on_replica.stdout
     assert marker.read_text() == "ran\n"
 
-    r = httpx.post(f"{leader.admin}/handoff", params={"to": replica.name}, timeout=30)
+    r = httpx.post(f"{leader.admin}/handoff", headers=ADMIN, params={"to": replica.name}, timeout=30)
     assert r.status_code == 200, r.text
     wait_until(lambda: (hook_dir(leader) / "role").read_text() == f"replica {replica.name}\n", 10,
                "the old leader's role file")
@@ -400,7 +512,7 @@ def test_a_restarted_follower_does_not_help_elect_anyone_while_the_old_lease_run
         for attempt in range(6):
             leader = leader_of(nodes, timeout=20)
             if leader is challenger:
-                r = httpx.post(f"{leader.admin}/handoff", params={"to": nodes[0].name}, timeout=30)
+                r = httpx.post(f"{leader.admin}/handoff", headers=ADMIN, params={"to": nodes[0].name}, timeout=30)
                 assert r.status_code == 200, r.text
                 leader = leader_of(nodes, timeout=20)
             restarted = next(n for n in nodes if n is not leader and n is not challenger)

@@ -13,9 +13,13 @@ import httpx
 import pytest
 import websockets
 
-from harness import INTEGRATION, free_port, leader_of, litegate_bin, restart, start_static_cluster, wait_until
+from harness import (INTEGRATION, cluster_auth, free_port, leader_of, litegate_bin, restart, start_static_cluster,
+                     wait_until, write_secret)
 
 FASTAPI = INTEGRATION / "apps" / "fastapi_app"
+
+# What the litegate CLI sends with admin actions (a browser page cannot).
+ADMIN = {"litegate-admin": "1"}
 
 
 def start_apps(procs, tmp_path, n=3):
@@ -75,7 +79,7 @@ def test_forwarded_write_keeps_host_and_forwarded_chain(procs, upstream):
     assert headers["host"] == ["shop.example"]
     assert headers["x-forwarded-for"] == ["198.51.100.4, 127.0.0.1"]
     assert headers["litegate-role"] == ["primary"] and headers["litegate-term"] == ["1"]
-    assert "litegate-cluster-secret" not in headers and "litegate-forwarded-by" not in headers
+    assert "litegate-cluster-auth" not in headers and "litegate-forwarded-by" not in headers
 
 
 def test_websocket_on_a_primary_path_reaches_the_primary(cluster):
@@ -126,7 +130,7 @@ def test_promote_moves_writes_and_stale_nodes_are_fenced(cluster, tmp_path):
         secret = (tmp_path / "cluster.secret").read_text().strip()
         stale = httpx.post(
             f"http://127.0.0.1:{node1.cluster_port}/notes",
-            headers={"litegate-cluster-secret": secret, "litegate-term": "1", "litegate-primary": "node-1"},
+            headers={**cluster_auth(secret, "POST", "/notes"), "litegate-term": "1", "litegate-primary": "node-1"},
             json={"text": "stale"},
         )
         assert stale.status_code == 421
@@ -146,9 +150,30 @@ def test_promote_moves_writes_and_stale_nodes_are_fenced(cluster, tmp_path):
     assert not [n for n in notes if n["text"] == "stale"], "a fenced write reached an app"
 
 
+def test_a_cross_site_promote_is_refused(cluster):
+    """A web page can reach a loopback admin listener too: without a token,
+    an admin action needs `Litegate-Admin: 1` and nothing that marks it
+    cross-site."""
+    _, node2, _ = cluster
+    # What a page's form or fetch() can send: no custom header.
+    form = httpx.post(f"{node2.admin}/promote", headers={"Origin": "https://evil.example",
+                                                          "Sec-Fetch-Site": "cross-site"})
+    plain = httpx.post(f"{node2.admin}/promote")
+    # Even with the header, a request marked cross-site.
+    marked = httpx.post(f"{node2.admin}/promote", headers={**ADMIN, "Origin": "https://evil.example"})
+    for r in (form, plain, marked):
+        assert r.status_code == 403, r.text
+    assert "Litegate-Admin: 1" in plain.text
+    assert node2.status()["role"] == "replica" and node2.status()["term"] == 1
+    # The CLI's request is taken.
+    out = subprocess.run([str(litegate_bin()), "promote", "--admin", node2.admin],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
 def test_promote_survives_restart(cluster, procs):
     node1, node2, _ = cluster
-    assert httpx.post(f"{node2.admin}/promote").status_code == 200
+    assert httpx.post(f"{node2.admin}/promote", headers=ADMIN).status_code == 200
     node2.proc.stop()
     restart(procs, node2)
     assert node2.status()["term"] == 2
@@ -328,16 +353,36 @@ def test_write_held_while_the_primary_restarts_succeeds(procs, tmp_path):
     assert len(notes) == 1, "a held write must be applied exactly once"
 
 
-def test_unauthenticated_cluster_requests_never_reach_an_app(cluster):
+def test_unauthenticated_cluster_requests_never_reach_an_app(cluster, tmp_path):
     node1 = cluster[0]
     url = f"http://127.0.0.1:{node1.cluster_port}/notes"
-    for headers in ({}, {"litegate-cluster-secret": "wrong-secret-0123456789"}):
+    secret = (tmp_path / "cluster.secret").read_text().strip()
+    wrong = cluster_auth("wrong-secret-0123456789", "POST", "/notes")
+    # The secret itself as a bearer value, as litegate sent it before
+    # requests were signed: refused.
+    bearer = {"litegate-cluster-secret": secret, "litegate-cluster-auth": secret}
+    # Signed for another path.
+    elsewhere = cluster_auth(secret, "POST", "/other")
+    for headers in ({}, wrong, bearer, elsewhere):
         r = httpx.post(url, headers={**headers, "litegate-term": "1", "litegate-primary": "node-1"},
                        json={"text": "intruder"})
         assert r.status_code == 401
         assert r.headers["litegate-error"] == "unauthorized"
     assert httpx.get(f"http://127.0.0.1:{node1.cluster_port}/_litegate/epoch").status_code == 401
     assert not [n for n in httpx.get(f"{node1.url}/notes").json() if n["text"] == "intruder"]
+
+
+def test_a_replayed_cluster_request_is_refused(cluster, tmp_path):
+    node1 = cluster[0]
+    secret = (tmp_path / "cluster.secret").read_text().strip()
+    url = f"http://127.0.0.1:{node1.cluster_port}/_litegate/epoch"
+    captured = cluster_auth(secret, "GET", "/_litegate/epoch")
+    first = httpx.get(url, headers=captured)
+    assert first.status_code == 200, first.text
+    replayed = httpx.get(url, headers=captured)
+    assert replayed.status_code == 401
+    assert replayed.headers["litegate-error"] == "unauthorized"
+    assert "replayed request" in node1.proc.output()
 
 
 def test_status_shows_epoch_primary_and_peers(cluster):
@@ -372,3 +417,24 @@ def test_insecure_cluster_listener_is_refused(tmp_path):
                          timeout=20)
     assert out.returncode == 1
     assert "`cluster.listen`" in out.stderr and "secret_file" in out.stderr and "insecure" in out.stderr
+
+
+def test_plaintext_cluster_traffic_off_loopback_is_refused_at_start(tmp_path):
+    secret = write_secret(tmp_path)
+    base = ('[node]\nid = 1\nname = "a"\n[primary]\nmode = "static"\nstatic = "a"\n'
+            f'[cluster]\nlisten = "0.0.0.0:{free_port()}"\ndata_dir = "{tmp_path}"\nsecret_file = "{secret}"\n'
+            'peers = [{ id = 1, name = "a", cluster = "10.1.1.1:7070", public_url = "http://10.1.1.1:8080" }]\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(base)
+    env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{free_port()}", "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+           "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(litegate_bin()), "run", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=20, env=env)
+    assert out.returncode == 1
+    assert "`cluster.allow_plaintext`" in out.stderr and "not encrypted" in out.stderr and "tls_cert" in out.stderr
+    # Allowed on purpose: it starts, and says so loudly.
+    allowed = base.replace("secret_file =", "allow_plaintext = true\nsecret_file =")
+    cfg.write_text(allowed)
+    out = subprocess.run([str(litegate_bin()), "check", "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=20, env=env)
+    assert out.returncode == 0, out.stderr

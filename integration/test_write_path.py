@@ -38,6 +38,9 @@ from harness import (
 
 WRITE_APP = INTEGRATION / "fixtures" / "write_app.py"
 
+# What the litegate CLI sends with admin actions (a browser page cannot).
+ADMIN = {"litegate-admin": "1"}
+
 
 def start_write_apps(procs, n: int) -> list[str]:
     urls = []
@@ -374,7 +377,7 @@ def test_a_stale_node_follows_the_421_hint_to_the_leader(procs):
         return re.sub(pattern, rf"\g<1>{relay[0].port}", text)
 
     def slow_to_campaign(name: str) -> dict:
-        return {"LITEGATE_CLUSTER_ELECTION_TIMEOUT": '["30s", "35s"]'} if name == "node-3" else {}
+        return {"LITEGATE_CLUSTER_ELECTION_TIMEOUT": '["30s", "60s"]'} if name == "node-3" else {}
 
     nodes = start_raft_cluster(procs, apps, extra='[routing]\nprimary_wait = "2s"\n',
                                node_env=slow_to_campaign, edit_config=raft_to_node_3_through_a_relay)
@@ -394,10 +397,10 @@ def stale_node_forwards_to_the_hinted_leader(apps, one, two, three, relay) -> No
 
     wait_until(lambda: leads(one) or leads(two), 15, "a leader")
     if not leads(one):
-        assert httpx.post(f"{two.admin}/handoff", params={"to": "node-1"}, timeout=30).status_code == 200
+        assert httpx.post(f"{two.admin}/handoff", headers=ADMIN, params={"to": "node-1"}, timeout=30).status_code == 200
     wait_until(lambda: three.status()["primary"] == "node-1", 15, "node-3 to follow node-1")
     relay.close()
-    r = httpx.post(f"{one.admin}/handoff", params={"to": "node-2"}, timeout=30)
+    r = httpx.post(f"{one.admin}/handoff", headers=ADMIN, params={"to": "node-2"}, timeout=30)
     assert r.status_code == 200, r.text
     wait_until(lambda: leads(two) and one.status()["primary"] == "node-2", 15, "node-2 to lead")
     assert three.status()["primary"] == "node-1", "the precondition: node-3's view is stale"

@@ -131,6 +131,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         .iter()
         .map(|p| p.name.clone())
         .collect();
+    if let Some(warning) = crate::config::plaintext_warning(&config) {
+        // Validation refused this unless cluster.allow_plaintext (or
+        // insecure) is set: said at every start, not only once.
+        tracing::warn!("{warning}; allowed by cluster.allow_plaintext: anyone on the network path can read forwarded writes and their answers");
+    }
     let cluster_parts = (config.primary.mode != PrimaryMode::Dev && !config.is_fly_replay_only())
         .then(|| ClusterParts::new(&config))
         .transpose()?;
@@ -153,7 +158,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
                 .map(|p| p.client.clone())
                 .ok_or_else(|| "raft mode needs the cluster listener".to_owned())?;
             let node = Arc::new(raft::start(&config, client, options.bootstrap).await?);
-            let leadership = RaftLeadership::new(node.raft.clone(), &config, node.quiet);
+            let leadership = RaftLeadership::new(
+                node.raft.clone(),
+                &config,
+                node.quiet,
+                Arc::clone(&node.standing),
+            );
             leadership.spawn(stop.clone());
             let source = if config.lease.listen.is_empty() {
                 PrimarySource::Raft(leadership)

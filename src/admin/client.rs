@@ -120,7 +120,10 @@ async fn send(
         format!("{admin:?} is not a URL: give the admin listener, e.g. http://127.0.0.1:9191")
     })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = Request::builder().method(method).uri(uri.clone());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.clone())
+        .header(super::ADMIN_HEADER, "1");
     if let Some(token) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }

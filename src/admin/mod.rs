@@ -245,13 +245,32 @@ fn status(state: &AdminState) -> serde_json::Value {
     })
 }
 
+/// The header `litegate` CLI commands send with every admin action. A web
+/// page cannot send it to another origin without a CORS preflight, which
+/// this listener never grants.
+pub const ADMIN_HEADER: http::HeaderName = http::HeaderName::from_static("litegate-admin");
+
 /// POSTs change who takes writes: with a token configured it is always
-/// required; without one, only a loopback admin listener accepts them.
+/// required; without one, only a loopback admin listener accepts them, and
+/// only from a client that is not a browser page of another site (a page
+/// can reach a loopback port too): the request must carry
+/// `Litegate-Admin: 1` and nothing that marks it cross-site.
 fn authorize(
     state: &AdminState,
     req: &Request<Incoming>,
     loopback: bool,
 ) -> Result<(), (StatusCode, &'static str)> {
+    let headers = req.headers();
+    let cross_site = headers.contains_key(header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"none" && v.as_bytes() != b"same-origin");
+    if cross_site {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "admin actions are not taken from a web page: use the litegate CLI or send the request without Origin\n",
+        ));
+    }
     match &state.token {
         Some(token) => {
             let sent = req
@@ -269,7 +288,13 @@ fn authorize(
                 ))
             }
         }
-        None if loopback => Ok(()),
+        None if loopback => match headers.get(ADMIN_HEADER) {
+            Some(v) if v.as_bytes() == b"1" => Ok(()),
+            _ => Err((
+                StatusCode::FORBIDDEN,
+                "without admin.token_file, admin actions need the header `Litegate-Admin: 1` (the litegate CLI sends it)\n",
+            )),
+        },
         None => Err((
             StatusCode::FORBIDDEN,
             "this admin listener is not on loopback: set admin.token_file to allow POST actions\n",

@@ -1,5 +1,5 @@
 //! The one pooled client for talking to peers' cluster listeners: forwarded
-//! writes and control messages. Adds the shared secret; speaks TLS with a
+//! writes and control messages. Signs each request with the shared secret; speaks TLS with a
 //! client certificate when mutual TLS is configured.
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::errors::ProxyError;
 use crate::tls::{self, MutualTls};
 
-use super::auth::{SharedSecret, SECRET_HEADER};
+use super::auth::{SharedSecret, AUTH_HEADER};
 
 /// How long an unused pooled connection to a peer is kept.
 const POOL_IDLE: Duration = Duration::from_secs(4);
@@ -87,10 +87,18 @@ impl PeerClient {
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        if let Some(secret) = &self.secret {
-            req.headers_mut().insert(SECRET_HEADER, secret.header());
-        }
+        self.sign(&mut req);
         self.client.request(req).await
+    }
+
+    /// Adds the request's signature under the shared secret (the secret
+    /// itself never leaves this node).
+    fn sign<B>(&self, req: &mut Request<B>) {
+        if let Some(secret) = &self.secret {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let auth = secret.sign(req.method(), path);
+            req.headers_mut().insert(AUTH_HEADER, auth);
+        }
     }
 
     /// How long a forwarded write waits for the primary's response head
@@ -153,9 +161,7 @@ impl PeerClient {
         for (name, value) in headers {
             req.headers_mut().insert(name, value.clone());
         }
-        if let Some(secret) = &self.secret {
-            req.headers_mut().insert(SECRET_HEADER, secret.header());
-        }
+        self.sign(&mut req);
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 if e.is_connect() {

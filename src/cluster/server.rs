@@ -1,5 +1,5 @@
-//! The cluster listener's routes. Every request is authenticated first (the
-//! shared secret here; mutual TLS already during the handshake) and an
+//! The cluster listener's routes. Every request is authenticated first (its
+//! signature under the shared secret here, once per nonce; mutual TLS already during the handshake) and an
 //! unauthenticated one never reaches an app.
 //!
 //! - `GET /_litegate/epoch`: this node's view of the primary (static mode:
@@ -47,10 +47,11 @@ impl Handler for ClusterService {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         if let Some(secret) = &self.secret {
-            if !secret.verify(req.headers()) {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            if let Err(why) = secret.verify(req.method(), path, req.headers()) {
                 static REFUSED: LogLimit = LogLimit::new(log_limit::EVERY);
                 if let Some(suppressed) = REFUSED.allow(&conn.peer.ip().to_string()) {
-                    tracing::warn!(peer = %conn.peer, path = req.uri().path(), suppressed, "refused an unauthenticated cluster request (then at most once a minute per address, with the count held back)");
+                    tracing::warn!(peer = %conn.peer, path = req.uri().path(), %why, suppressed, "refused an unauthenticated cluster request (then at most once a minute per address, with the count held back)");
                 }
                 return ProxyError::Unauthorized.into_response();
             }
@@ -64,7 +65,7 @@ impl Handler for ClusterService {
                 match &self.raft {
                     Some(node) => {
                         let endpoint = endpoint.to_owned();
-                        raft::rpc::handle(node, &endpoint, req).await
+                        raft::rpc::handle(node, &endpoint, req, conn.peer).await
                     }
                     None => body::text_response(
                         StatusCode::NOT_FOUND,

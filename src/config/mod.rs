@@ -14,6 +14,7 @@ pub use types::{Cidr, Duration, ListenAddr, PathGlob};
 
 use types::string_or_list;
 
+pub use validate::plaintext_warning;
 pub use validate::upstream_url as validate_upstream_url;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -277,6 +278,15 @@ pub struct ClusterConfig {
     pub peers: Vec<Peer>,
     /// Open connections at once on the cluster listener.
     pub max_connections: usize,
+    /// Mixed into the id of a new cluster with the initial peer list
+    /// (cluster::raft::bootstrap): use a fresh value for each new cluster.
+    pub initial_token: String,
+    /// Raft snapshots every this many applied log entries; the log before
+    /// a snapshot is purged.
+    pub snapshot_entries: u64,
+    /// Cluster traffic without TLS on a non-loopback address: refused at
+    /// start unless this is set.
+    pub allow_plaintext: bool,
 }
 
 impl Default for ClusterConfig {
@@ -293,6 +303,9 @@ impl Default for ClusterConfig {
             election_timeout: [Duration::from_millis(150), Duration::from_millis(300)],
             peers: Vec::new(),
             max_connections: 1024,
+            initial_token: String::new(),
+            snapshot_entries: 64,
+            allow_plaintext: false,
         }
     }
 }

@@ -289,6 +289,25 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             format!("{} is not shorter than the election timeout's minimum {lo}: followers would campaign between heartbeats; make it a third of it or less", c.cluster.heartbeat),
         );
     }
+    // The lease (docs/design.md §4): the leader writes for `min` after a
+    // quorum acknowledgement, followers elect nobody for `max` after it;
+    // `max - min` is all that covers clock-rate drift between nodes and a
+    // write on its way to the app after the lease check.
+    if c.primary.mode == PrimaryMode::Raft && hi.get() < lo.get() * 2 {
+        return err(
+            "cluster.election_timeout",
+            format!("[\"{lo}\", \"{hi}\"] leaves the leader's lease a margin of only {} (max − min): the lease needs max ≥ 2 × min; raise max to at least {}", humantime::format_duration(hi.get() - lo.get()), humantime::format_duration(lo.get() * 2)),
+        );
+    }
+    if !(1..=1_000_000).contains(&c.cluster.snapshot_entries) {
+        return err(
+            "cluster.snapshot_entries",
+            format!(
+                "{} is out of range: use 1 to 1000000 (default 64)",
+                c.cluster.snapshot_entries
+            ),
+        );
+    }
 
     let mut ids = HashSet::new();
     let mut names = HashSet::new();
@@ -380,6 +399,14 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
             format!("{} is reachable from other hosts but cluster traffic is not authenticated: set cluster.secret_file (or tls_ca, tls_cert and tls_key), or set cluster.insecure = true if the network is private on purpose", c.cluster.listen.0),
         );
     }
+    if let Some(warning) = plaintext_warning(c) {
+        if !c.cluster.allow_plaintext && !c.cluster.insecure {
+            return err(
+                "cluster.allow_plaintext",
+                format!("{warning}: set cluster.tls_ca, tls_cert and tls_key, or set cluster.allow_plaintext = true if the network between the nodes is private"),
+            );
+        }
+    }
     let tls = [&c.cluster.tls_ca, &c.cluster.tls_cert, &c.cluster.tls_key];
     if tls.iter().any(|s| !s.is_empty()) && tls.iter().any(|s| s.is_empty()) {
         return err(
@@ -464,6 +491,21 @@ fn host_port(addr: &str) -> Result<(), String> {
             "{addr:?} is not host:port: write e.g. \"10.0.0.1:7070\""
         )),
     }
+}
+
+/// Set when cluster traffic leaves this host without TLS: forwarded writes
+/// (request and response bodies) cross the network readable by anyone on
+/// the path. Refused at start unless `cluster.allow_plaintext` (or
+/// `cluster.insecure`), and warned about at every start when allowed.
+pub fn plaintext_warning(c: &Config) -> Option<String> {
+    let tls = !c.cluster.tls_cert.is_empty();
+    let off_loopback = !c.cluster.listen.0.ip().is_loopback();
+    (c.primary.mode != PrimaryMode::Dev && !tls && off_loopback).then(|| {
+        format!(
+            "cluster traffic on {} is not encrypted (no cluster.tls_cert)",
+            c.cluster.listen.0
+        )
+    })
 }
 
 #[cfg(test)]
@@ -625,6 +667,51 @@ mod tests {
             c.admin.max_connections = zero_or_huge;
             assert!(refusal(&c).contains("`admin.max_connections`"));
         }
+    }
+
+    fn raft() -> Config {
+        let mut c = Config::default();
+        c.node.id = Some(1);
+        c.node.name = "a".into();
+        c.cluster.listen = "127.0.0.1:7070".parse().unwrap();
+        c.cluster.peers = (1..=3)
+            .map(|i| crate::config::Peer {
+                id: i,
+                name: if i == 1 { "a".into() } else { format!("n{i}") },
+                cluster: format!("127.0.0.1:707{i}"),
+                public_url: format!("http://127.0.0.1:808{i}"),
+                witness: false,
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn a_lease_margin_under_the_election_minimum_is_refused() {
+        validate(&raft(), &Origin::Flags).unwrap();
+        let mut c = raft();
+        c.cluster.election_timeout = [duration("150ms"), duration("151ms")];
+        let err = refusal(&c);
+        assert!(err.contains("`cluster.election_timeout`"), "{err}");
+        assert!(
+            err.contains("max ≥ 2 × min") && err.contains("300ms"),
+            "{err}"
+        );
+        c.cluster.election_timeout = [duration("150ms"), duration("300ms")];
+        validate(&c, &Origin::Flags).unwrap();
+    }
+
+    #[test]
+    fn plaintext_cluster_traffic_off_loopback_needs_allow_plaintext() {
+        let mut c = raft();
+        c.cluster.listen = "0.0.0.0:7070".parse().unwrap();
+        c.cluster.secret_file = "/etc/litegate/secret".into();
+        let err = refusal(&c);
+        assert!(err.contains("`cluster.allow_plaintext`"), "{err}");
+        assert!(err.contains("not encrypted"), "{err}");
+        c.cluster.allow_plaintext = true;
+        validate(&c, &Origin::Flags).unwrap();
+        assert!(plaintext_warning(&c).is_some());
     }
 
     #[test]

@@ -80,8 +80,10 @@ pub enum LeaseCommand {
     },
 }
 
-/// The replicated part: serialized whole into Raft snapshots.
+/// The replicated part: serialized whole into Raft snapshots. Fields
+/// default, so a snapshot written before a field existed still reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LeaseState {
     pub sessions: BTreeMap<String, Session>,
     pub kv: BTreeMap<String, Entry>,

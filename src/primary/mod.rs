@@ -39,6 +39,15 @@ pub enum PrimarySource {
 }
 
 impl PrimarySource {
+    /// Why this node itself cannot know a primary (raft: not joined, or a
+    /// refused data dir), for the text of a `503 no-primary`.
+    pub fn why_no_primary(&self) -> Option<String> {
+        match self {
+            PrimarySource::Raft(r) => r.why_no_primary(),
+            _ => None,
+        }
+    }
+
     pub fn watch(&self) -> PrimaryWatch {
         match self {
             PrimarySource::Dev(d) => d.watch(),

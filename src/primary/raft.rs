@@ -49,7 +49,8 @@ use super::raft_publisher::{age, LeadershipPublisher, Member};
 use super::write_gate::GatePass;
 use super::PrimaryWatch;
 use crate::cluster::raft::quiet::StartupQuiet;
-use crate::cluster::raft::{LitegateRaft, TypeConfig};
+use crate::cluster::raft::standing::Standing;
+use crate::cluster::raft::{LitegateRaft, TypeConfig, NOT_JOINED};
 use crate::config::Config;
 use crate::metrics;
 use crate::shutdown::Shutdown;
@@ -72,6 +73,7 @@ pub struct RaftLeadership {
     app_down: Mutex<DownClock>,
     /// The term this leader last handed off in because its app was down.
     app_handoff_term: AtomicU64,
+    standing: Arc<Standing>,
 }
 
 impl std::fmt::Debug for RaftLeadership {
@@ -100,7 +102,12 @@ pub enum HandoffError {
 }
 
 impl RaftLeadership {
-    pub fn new(raft: LitegateRaft, config: &Config, quiet: StartupQuiet) -> Arc<Self> {
+    pub fn new(
+        raft: LitegateRaft,
+        config: &Config,
+        quiet: StartupQuiet,
+        standing: Arc<Standing>,
+    ) -> Arc<Self> {
         let members: BTreeMap<u64, Member> = config
             .cluster
             .peers
@@ -135,7 +142,19 @@ impl RaftLeadership {
             apps: OnceLock::new(),
             app_down: Mutex::new(DownClock::default()),
             app_handoff_term: AtomicU64::new(0),
+            standing,
         })
+    }
+
+    /// Why this node knows no primary when that is its own state, not the
+    /// cluster's: it never joined one, or it refuses the one it found.
+    pub fn why_no_primary(&self) -> Option<String> {
+        if let Some(refusal) = self.standing.refusal() {
+            return Some(refusal);
+        }
+        let m = self.metrics();
+        let joined = m.membership_config.voter_ids().next().is_some();
+        (!joined).then(|| NOT_JOINED.to_owned())
     }
 
     pub fn watch(&self) -> PrimaryWatch {
@@ -475,12 +494,15 @@ impl RaftLeadership {
             "last_log_index": m.last_log_index,
             "committed_index": m.cluster_committed.map(|l| l.index),
             "applied_index": m.last_applied.map(|l| l.index),
+            "snapshot_index": m.snapshot.map(|l| l.index),
+            "purged_index": m.purged.map(|l| l.index),
             "quorum_ack_ms_ago": self.quorum_ack_age(&m).map(|d| d.as_millis() as u64),
             "handing_off": self.publisher.handing_off(),
             "takeover_hold_ms_left": ms_left(self.publisher.hold_ends(now), now),
             "startup_quiet_ms_left": ms_left(Some(self.quiet.ends()).filter(|end| *end > now), now),
             "peers": peers,
             "membership": self.membership(),
+            "not_serving": self.why_no_primary(),
         })
     }
 

@@ -60,8 +60,12 @@ pub enum ProxyError {
     /// before that litegate admitted the write (`forward.rs`).
     #[error("the primary's litegate did not admit the write: {0}")]
     PeerLost(#[source] BoxError),
-    #[error("no primary is known; writes were held for {}", humantime::format_duration(*.waited))]
-    NoPrimary { waited: Duration },
+    #[error("no primary is known; writes were held for {}{}", humantime::format_duration(*.waited), .why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default())]
+    NoPrimary {
+        waited: Duration,
+        /// This node's own reason, where it has one (raft: not joined).
+        why: Option<String>,
+    },
     #[error("the primary changed while this write was being sent; no app received it")]
     PrimaryMovedMidSend,
     /// This node lost the right to write just before the request left for

@@ -256,6 +256,7 @@ impl Proxy {
             Some(error @ ProxyError::UpstreamUnreachable(_)) => error,
             _ => ProxyError::NoPrimary {
                 waited: self.primary_wait(),
+                why: self.source.why_no_primary(),
             },
         };
         Outcome::rejected(class, error)
@@ -270,6 +271,7 @@ impl Proxy {
             class,
             ProxyError::NoPrimary {
                 waited: self.primary_wait(),
+                why: self.source.why_no_primary(),
             },
         )
     }

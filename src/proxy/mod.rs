@@ -106,8 +106,13 @@ use rules::RequestRules;
 use upgrade::ClientUpgrade;
 
 /// How long a forwarded write waits on a leader whose lease has not
-/// started (or lapsed) before it is sent back with `421`.
-const LEASE_GRACE: Duration = Duration::from_millis(300);
+/// started (or lapsed) before it is sent back with `421`: `election_timeout`
+/// max. A new leader's lease starts when its takeover hold ends, that long
+/// after its election; a lapsed one is renewed by the next quorum
+/// acknowledgement, within a heartbeat, which is shorter.
+fn lease_grace(config: &Config) -> Duration {
+    config.cluster.election_timeout[1].get()
+}
 
 /// How often a held write looks again at a leader whose lease lapsed; a
 /// renewal also wakes it at once.
@@ -141,6 +146,7 @@ pub struct Proxy {
     /// Read-your-writes, where `litefs.mount` is set.
     position: Option<Arc<Position>>,
     on_replica: OnReplica,
+    lease_grace: Duration,
     trusted_proxies: Vec<Cidr>,
     max_header_bytes: usize,
 }
@@ -200,6 +206,7 @@ impl Proxy {
             cluster,
             position,
             on_replica: config.routing.on_replica,
+            lease_grace: lease_grace(config),
             trusted_proxies: config.public.trusted_proxies.clone(),
             max_header_bytes: config.public.max_header_bytes,
         })
@@ -257,7 +264,7 @@ impl Proxy {
         {
             self.source.observe(term, primary);
         }
-        self.wait_for_lease(deadline_after(started, LEASE_GRACE))
+        self.wait_for_lease(deadline_after(started, self.lease_grace))
             .await;
         let permit = self
             .source

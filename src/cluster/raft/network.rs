@@ -22,7 +22,7 @@ use openraft::{RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::rpc::{FullSnapshot, CLUSTER_ID_HEADER};
+use super::rpc::{FullSnapshot, CLUSTER_ID_HEADER, FROM_HEADER, TO_HEADER};
 use super::store::IdentityFile;
 use super::TypeConfig;
 use crate::cluster::client::{CallError, PeerClient};
@@ -68,7 +68,7 @@ impl PeerLink {
         timeout: Duration,
     ) -> Result<Resp, Failure> {
         let body = serde_json::to_vec(req).map_err(|e| Failure::Other(e.to_string()))?;
-        let headers: Vec<_> = self
+        let mut headers: Vec<_> = self
             .net
             .identity
             .cluster_id()
@@ -76,6 +76,8 @@ impl PeerLink {
             .map(|v| (CLUSTER_ID_HEADER, v))
             .into_iter()
             .collect();
+        headers.push((FROM_HEADER, HeaderValue::from(self.net.me)));
+        headers.push((TO_HEADER, HeaderValue::from(self.target)));
         let path = format!("/_litegate/raft/{endpoint}");
         let (status, bytes) = self
             .net

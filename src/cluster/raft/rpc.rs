@@ -19,6 +19,12 @@ use crate::proxy::body::{self, ProxyBody};
 /// The sender's cluster id on every Raft message.
 pub const CLUSTER_ID_HEADER: HeaderName = HeaderName::from_static("litegate-cluster-id");
 
+/// Which node sent a Raft message, and which node it is meant for: a
+/// process that receives messages meant for another id, or from its own
+/// id, has found a second process claiming an identity.
+pub const FROM_HEADER: HeaderName = HeaderName::from_static("litegate-raft-from");
+pub const TO_HEADER: HeaderName = HeaderName::from_static("litegate-raft-to");
+
 /// Raft messages here are small (leadership only), but a snapshot carries
 /// the membership; this bounds what a peer can make us buffer.
 const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
@@ -34,8 +40,12 @@ pub async fn handle(
     node: &RaftNode,
     endpoint: &str,
     req: Request<Incoming>,
+    sender: std::net::SocketAddr,
 ) -> Response<ProxyBody> {
     let (raft, identity) = (&node.raft, &node.identity);
+    if let Some(refusal) = check_identity(node, req.headers(), sender) {
+        return refusal;
+    }
     let sender_cluster = req
         .headers()
         .get(&CLUSTER_ID_HEADER)
@@ -78,6 +88,49 @@ pub async fn handle(
         }
         _ => body::text_response(StatusCode::NOT_FOUND, "no such Raft endpoint\n"),
     }
+}
+
+/// Two processes with one `node.id`. A message meant for another id
+/// reached this process at that node's address: this process runs with a
+/// copy of another node's identity, and ends (the real node keeps its id).
+/// A message from this node's own id came from another process claiming
+/// it: refused, and logged with both addresses.
+fn check_identity(
+    node: &RaftNode,
+    headers: &http::HeaderMap,
+    sender: std::net::SocketAddr,
+) -> Option<Response<ProxyBody>> {
+    let id = |name: &HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (from, to) = (id(&FROM_HEADER), id(&TO_HEADER));
+    let me = node.me;
+    if let Some(to) = to.filter(|to| *to != me) {
+        let why = format!(
+            "two processes claim node {me}: this one (cluster.listen {}) and the one cluster.peers puts at {}; node {} sent this process a Raft message meant for node {to}, so this process's config is a copy of another node's: give it its own node.id, node.name and cluster.data_dir",
+            node.listening_on,
+            node.configured_at,
+            from.map_or("?".to_owned(), |f| f.to_string()),
+        );
+        tracing::error!(%sender, "{why}");
+        node.standing.refuse(why);
+        std::process::exit(super::EXIT_COPIED_IDENTITY);
+    }
+    if from == Some(me) {
+        let why = format!(
+            "two processes claim node {me}: this one (cluster.listen {}, in cluster.peers at {}) and another at {sender}, which sent a Raft message as node {me}; stop the copy and give it its own node.id, node.name and cluster.data_dir",
+            node.listening_on, node.configured_at,
+        );
+        tracing::error!("{why}");
+        return Some(body::text_response(
+            StatusCode::CONFLICT,
+            format!("{why}\n"),
+        ));
+    }
+    None
 }
 
 /// Decodes the request, hands it to openraft, encodes its answer. An error

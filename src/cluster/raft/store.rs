@@ -2,20 +2,16 @@
 //!
 //! - `identity.json` — which node (and which cluster) this directory
 //!   belongs to, checked against the config at every start;
-//! - `raft-log.json` — vote, log entries, committed and purged log ids;
-//! - `raft-snapshot.json` — the state machine's last snapshot.
+//! - `raft.redb` ([`super::db`]) — vote, log entries, committed and purged
+//!   log ids, and the state machine's last snapshot.
 //!
-//! Each is rewritten whole with fsync + atomic rename + directory fsync
-//! ([`durable::replace_file`]) before the call that changed it returns, so
-//! no vote is granted and no append acknowledged that a crash could undo.
-//! litegate's log carries leadership only (blank entries and membership),
-//! a few entries per election, and snapshots purge it, so whole-file
-//! rewrites stay small.
+//! Every change is committed durably before the call that made it returns,
+//! so no vote is granted and no append acknowledged that a crash could
+//! undo. Any storage error goes back to openraft, which stops the Raft core;
+//! [`super::exit_on_fatal`] then ends the process.
 
-use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::hash::BuildHasher;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
@@ -28,14 +24,18 @@ use openraft::type_config::alias::{
     EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf,
 };
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
+use redb::ReadableTable;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::db::{self, Legacy, RaftDb};
 use super::TypeConfig;
 use crate::durable;
 
 const IDENTITY_FILE: &str = "identity.json";
-const LOG_FILE: &str = "raft-log.json";
-const SNAPSHOT_FILE: &str = "raft-snapshot.json";
+/// Format 1's files, migrated into [`db::DB_FILE`] at the first start.
+const LEGACY_LOG_FILE: &str = "raft-log.json";
+const LEGACY_SNAPSHOT_FILE: &str = "raft-snapshot.json";
 
 /// What to do about a damaged file in the data dir.
 const RESTORE: &str = "restore cluster.data_dir from a backup";
@@ -60,13 +60,13 @@ pub struct IdentityFile {
 impl IdentityFile {
     /// Opens (or creates) the identity of `data_dir` for `node_id`. A
     /// directory written by another node stops the start.
-    pub fn open(data_dir: &Path, node_id: u64) -> Result<Self, String> {
+    pub fn open(data_dir: &Path, node_id: u64, db: &RaftDb) -> Result<Self, String> {
         durable::ensure_data_dir(data_dir)?;
         let path = data_dir.join(IDENTITY_FILE);
         let identity = match durable::read_json::<Identity>(&path, RESTORE)? {
             Some(identity) => identity,
             None => {
-                if data_dir.join(LOG_FILE).exists() {
+                if has_raft_state(db)? {
                     return Err(format!(
                         "{} holds a Raft log but no {IDENTITY_FILE}: it was not written by this litegate; point cluster.data_dir at this node's own directory",
                         data_dir.display()
@@ -98,25 +98,26 @@ impl IdentityFile {
         lock(&self.current).cluster_id.clone()
     }
 
-    /// Bootstrap: a brand-new cluster gets a fresh id.
-    pub fn create_cluster_id(&self) -> Result<String, String> {
+    /// Bootstrap: this node founds (or co-founds) the cluster whose id
+    /// every founding node derives alike ([`super::bootstrap`]).
+    pub fn join_initial_cluster(&self, derived: &str) -> Result<String, String> {
         let mut identity = lock(&self.current);
-        if let Some(id) = &identity.cluster_id {
-            return Ok(id.clone());
+        match &identity.cluster_id {
+            Some(id) if id == derived => return Ok(id.clone()),
+            Some(id) => {
+                return Err(format!(
+                    "--bootstrap: this data dir already belongs to cluster {id}, but cluster.peers and cluster.initial_token give {derived}: drop --bootstrap to rejoin cluster {id}, or empty cluster.data_dir to found the new one"
+                ))
+            }
+            None => {}
         }
-        let state = RandomState::new();
-        let id = format!(
-            "{:016x}{:016x}",
-            state.hash_one((std::process::id(), std::time::SystemTime::now())),
-            RandomState::new().hash_one(identity.node_id)
-        );
         let next = Identity {
-            cluster_id: Some(id.clone()),
+            cluster_id: Some(derived.to_owned()),
             ..identity.clone()
         };
         write_json(&self.path, &next)?;
         *identity = next;
-        Ok(id)
+        Ok(derived.to_owned())
     }
 
     /// A Raft message from `sender_cluster` arrived. A node that has not
@@ -145,41 +146,140 @@ impl IdentityFile {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct LogFile {
+/// The format-1 log file, read once to migrate it.
+#[derive(Debug, Default, Deserialize)]
+struct LegacyLogFile {
     vote: Option<VoteOf<TypeConfig>>,
     committed: Option<LogIdOf<TypeConfig>>,
     last_purged: Option<LogIdOf<TypeConfig>>,
     entries: BTreeMap<u64, EntryOf<TypeConfig>>,
 }
 
-/// The Raft log and vote. Clones share one state; the reader handed to
+/// Opens `raft.redb`, migrating a format-1 data dir (JSON files) into it
+/// the first time.
+pub fn open_db(data_dir: &Path) -> Result<Arc<RaftDb>, String> {
+    durable::ensure_data_dir(data_dir)?;
+    RaftDb::open(data_dir, || read_legacy(data_dir)).map(Arc::new)
+}
+
+fn read_legacy(data_dir: &Path) -> Result<Legacy, String> {
+    let damaged = "restore cluster.data_dir from a backup";
+    let log_path = data_dir.join(LEGACY_LOG_FILE);
+    let snapshot_path = data_dir.join(LEGACY_SNAPSHOT_FILE);
+    let mut legacy = Legacy::default();
+    if let Some(log) = durable::read_json::<LegacyLogFile>(&log_path, damaged)? {
+        if let Some(vote) = log.vote {
+            legacy.meta.push((db::VOTE_KEY, encode(&vote)?));
+        }
+        if let Some(committed) = log.committed {
+            legacy.meta.push((db::COMMITTED_KEY, encode(&committed)?));
+        }
+        if let Some(purged) = log.last_purged {
+            legacy.meta.push((db::PURGED_KEY, encode(&purged)?));
+        }
+        for (index, entry) in log.entries {
+            legacy.entries.push((index, encode(&entry)?));
+        }
+        legacy.files.push(log_path);
+    }
+    if let Some(meta) = durable::read_json::<SnapshotMetaOf<TypeConfig>>(&snapshot_path, damaged)? {
+        legacy.meta.push((db::SNAPSHOT_META_KEY, encode(&meta)?));
+        // Format 1 kept no state machine data (membership is in the meta);
+        // empty data is an empty lease state.
+        legacy.meta.push((db::SNAPSHOT_DATA_KEY, Vec::new()));
+        legacy.files.push(snapshot_path);
+    }
+    Ok(legacy)
+}
+
+fn encode(value: &impl Serialize) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| format!("cannot migrate the Raft state: {e}"))
+}
+
+/// Why an append was refused: openraft hands the log store only entries
+/// that follow the last one, so anything else is a bug or a malformed
+/// message, and storing it would leave a log the node cannot start from.
+fn check_follows(prev: Option<LogIdOf<TypeConfig>>, next: &LogIdOf<TypeConfig>) -> io::Result<()> {
+    let expected = prev.map_or(0, |p| p.index + 1);
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refused to append log entry {next}: {why}"),
+        ))
+    };
+    if next.index != expected {
+        return refuse(format!(
+            "the log ends at {}, so the next entry must have index {expected}",
+            prev.map_or("nothing".to_owned(), |p| p.to_string())
+        ));
+    }
+    if let Some(prev) = prev {
+        if next.leader_id < prev.leader_id {
+            return refuse(format!("its term is older than that of {prev}"));
+        }
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("stored {what}: {e}")))
+}
+
+/// Runs a blocking store call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// The Raft log and vote. Clones share one store; the reader handed to
 /// openraft is such a clone.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    path: Arc<PathBuf>,
-    state: Arc<Mutex<LogFile>>,
+    db: Arc<RaftDb>,
 }
 
 impl LogStore {
-    pub fn open(data_dir: &Path) -> Result<Self, String> {
-        let path = data_dir.join(LOG_FILE);
-        let damaged = "restore cluster.data_dir from a backup, or empty it to rejoin as a new node";
-        let state = durable::read_json::<LogFile>(&path, damaged)?.unwrap_or_default();
-        Ok(Self {
-            path: Arc::new(path),
-            state: Arc::new(Mutex::new(state)),
-        })
+    pub fn new(db: Arc<RaftDb>) -> Self {
+        Self { db }
     }
 
-    /// Applies `change` and makes it durable before returning.
-    async fn update(&self, change: impl FnOnce(&mut LogFile)) -> io::Result<()> {
-        let bytes = {
-            let mut state = lock(&self.state);
-            change(&mut state);
-            serde_json::to_vec(&*state).map_err(io::Error::other)?
-        };
-        durable::replace_file_off_thread(Arc::clone(&self.path), bytes).await
+    async fn put_meta(&self, key: &'static str, value: Vec<u8>) -> io::Result<()> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            db.write(|txn| {
+                let mut meta = txn.open_table(db::META).map_err(db::io)?;
+                meta.insert(key, value.as_slice()).map_err(db::io)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn get_meta<T: DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+    ) -> io::Result<Option<T>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || db.get(key)).await
+    }
+
+    /// The last stored entry's id, or the purged id if none is left.
+    fn last_log_id(
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+        if let Some((_, bytes)) = log.last().map_err(db::io)? {
+            let entry: EntryOf<TypeConfig> = decode("log entry", bytes.value())?;
+            return Ok(Some(entry.log_id()));
+        }
+        match meta.get(db::PURGED_KEY).map_err(db::io)? {
+            Some(bytes) => decode("purged log id", bytes.value()).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -188,12 +288,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
-        let state = lock(&self.state);
-        Ok(state.entries.range(range).map(|(_, e)| e.clone()).collect())
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = Arc::clone(&self.db);
+        let stored = blocking(move || db.entries(bounds)).await?;
+        stored
+            .iter()
+            .map(|(_, bytes)| decode("log entry", bytes))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        Ok(lock(&self.state).vote)
+        self.get_meta(db::VOTE_KEY).await
     }
 }
 
@@ -201,17 +306,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let state = lock(&self.state);
-        let last = state
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id())
-            .or(state.last_purged);
-        Ok(LogState {
-            last_purged_log_id: state.last_purged,
-            last_log_id: last,
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let purged: Option<LogIdOf<TypeConfig>> = db.get(db::PURGED_KEY)?;
+            let last = match db.last_entry()? {
+                Some(bytes) => Some(decode::<EntryOf<TypeConfig>>("log entry", &bytes)?.log_id()),
+                None => purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: last,
+            })
         })
+        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -219,19 +326,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        let vote = *vote;
-        self.update(|s| s.vote = Some(vote)).await
+        self.put_meta(db::VOTE_KEY, db::encode(vote)?).await
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        self.update(|s| s.committed = committed).await
+        self.put_meta(db::COMMITTED_KEY, db::encode(&committed)?)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(lock(&self.state).committed)
+        Ok(self
+            .get_meta::<Option<LogIdOf<TypeConfig>>>(db::COMMITTED_KEY)
+            .await?
+            .flatten())
     }
 
     async fn append<I>(
@@ -244,13 +354,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let result = self
-            .update(|s| {
-                for entry in entries {
-                    s.entries.insert(entry.index(), entry);
+        let db = Arc::clone(&self.db);
+        let result = blocking(move || {
+            // The check and the insert in one transaction: what is checked
+            // is what is appended to.
+            db.write(|txn| {
+                let mut log = txn.open_table(db::LOG).map_err(db::io)?;
+                let meta = txn.open_table(db::META).map_err(db::io)?;
+                let mut prev = Self::last_log_id(&log, &meta)?;
+                for entry in &entries {
+                    let id = entry.log_id();
+                    check_follows(prev, &id)?;
+                    log.insert(id.index, db::encode(entry)?.as_slice())
+                        .map_err(db::io)?;
+                    prev = Some(id);
                 }
+                Ok(())
             })
-            .await;
+        })
+        .await;
         let reply = result
             .as_ref()
             .map(|_| ())
@@ -263,78 +385,74 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        let keep_through = last_log_id.map(|id| id.index);
-        self.update(|s| match keep_through {
-            Some(index) => {
-                s.entries.split_off(&(index + 1));
-            }
-            None => s.entries.clear(),
+        let first_removed = last_log_id.map_or(0, |id| id.index + 1);
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            db.write(|txn| {
+                let mut log = txn.open_table(db::LOG).map_err(db::io)?;
+                log.retain_in(first_removed.., |_, _| false)
+                    .map_err(db::io)?;
+                Ok(())
+            })
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        self.update(|s| {
-            s.entries = s.entries.split_off(&(log_id.index + 1));
-            s.last_purged = Some(log_id);
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            db.write(|txn| {
+                let mut log = txn.open_table(db::LOG).map_err(db::io)?;
+                let mut meta = txn.open_table(db::META).map_err(db::io)?;
+                log.retain_in(..=log_id.index, |_, _| false)
+                    .map_err(db::io)?;
+                meta.insert(db::PURGED_KEY, db::encode(&log_id)?.as_slice())
+                    .map_err(db::io)?;
+                Ok(())
+            })
         })
         .await
     }
 }
 
-/// What the log has applied: nothing but membership so far (the log
-/// carries leadership only), plus the last snapshot of it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// What the log has applied, plus the last snapshot of it.
+#[derive(Debug, Clone, Default)]
 struct Applied {
     last_applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
 }
 
-/// The snapshot file: the metadata, and the application state as one
-/// opaque blob (the lease's sessions and KV). A file written before the
-/// blob existed reads as an empty one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SnapshotFile {
-    #[serde(flatten)]
-    meta: SnapshotMetaOf<TypeConfig>,
-    #[serde(default)]
-    data: Vec<u8>,
-}
-
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    path: Arc<PathBuf>,
+    db: Arc<RaftDb>,
     applied: Arc<Mutex<Applied>>,
-    snapshot: Arc<Mutex<Option<SnapshotFile>>>,
     lease: Arc<crate::lease::LeaseMachine>,
 }
 
 impl StateMachine {
     /// Starts from the last snapshot; openraft re-applies the committed
-    /// log after it.
-    pub fn open(data_dir: &Path) -> Result<Self, String> {
-        let path = data_dir.join(SNAPSHOT_FILE);
-        let snapshot = durable::read_json::<SnapshotFile>(&path, RESTORE)?;
-        let applied = snapshot
-            .as_ref()
-            .map(|file| Applied {
-                last_applied: file.meta.last_log_id,
-                membership: file.meta.last_membership.clone(),
-            })
-            .unwrap_or_default();
+    /// log after it. The state machine's own data is the lease's (sessions and KV); the
+    /// store keeps it as the snapshot's opaque blob.
+    pub fn open(db: Arc<RaftDb>) -> Result<Self, String> {
+        let snapshot = read_snapshot(&db).map_err(|e| {
+            format!("cannot read the Raft snapshot: {e}; restore cluster.data_dir from a backup")
+        })?;
         let lease = crate::lease::LeaseMachine::new();
-        if let Some(file) = &snapshot {
-            lease.restore(&file.data).map_err(|e| {
-                format!(
-                    "{}: the lease state is damaged ({e}); {RESTORE}",
-                    path.display()
-                )
-            })?;
-        }
+        let applied = snapshot
+            .map(|(meta, data)| -> Result<Applied, String> {
+                lease.restore(&data).map_err(|e| {
+                    format!("the Raft snapshot's lease state is damaged ({e}); restore cluster.data_dir from a backup")
+                })?;
+                Ok(Applied {
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership,
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
-            path: Arc::new(path),
+            db,
             applied: Arc::new(Mutex::new(applied)),
-            snapshot: Arc::new(Mutex::new(snapshot)),
             lease,
         })
     }
@@ -344,12 +462,37 @@ impl StateMachine {
         Arc::clone(&self.lease)
     }
 
-    async fn save_snapshot(&self, file: SnapshotFile) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
-        durable::replace_file_off_thread(Arc::clone(&self.path), bytes).await?;
-        *lock(&self.snapshot) = Some(file);
-        Ok(())
+    /// Stores a snapshot (meta and data in one transaction).
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    ) -> io::Result<()> {
+        let meta = db::encode(meta)?;
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            db.write(|txn| {
+                let mut table = txn.open_table(db::META).map_err(db::io)?;
+                table
+                    .insert(db::SNAPSHOT_META_KEY, meta.as_slice())
+                    .map_err(db::io)?;
+                table
+                    .insert(db::SNAPSHOT_DATA_KEY, data.as_slice())
+                    .map_err(db::io)?;
+                Ok(())
+            })
+        })
+        .await
     }
+}
+
+/// The stored snapshot, meta and data.
+fn read_snapshot(db: &RaftDb) -> io::Result<Option<(SnapshotMetaOf<TypeConfig>, Vec<u8>)>> {
+    let Some(meta) = db.get::<SnapshotMetaOf<TypeConfig>>(db::SNAPSHOT_META_KEY)? else {
+        return Ok(None);
+    };
+    let data = db.get_bytes(db::SNAPSHOT_DATA_KEY)?.unwrap_or_default();
+    Ok(Some((meta, data)))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -366,11 +509,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_log_id: applied.last_applied,
             last_membership: applied.membership,
         };
-        self.save_snapshot(SnapshotFile {
-            meta: meta.clone(),
-            data: data.clone(),
-        })
-        .await?;
+        self.save_snapshot(&meta, data.clone()).await?;
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: data,
@@ -425,14 +564,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        self.save_snapshot(SnapshotFile {
-            meta: meta.clone(),
-            data: snapshot.clone(),
-        })
-        .await?;
-        let mut applied = lock(&self.applied);
+        // Read before it is stored: a snapshot this node cannot read must
+        // not replace the one it has.
         self.lease.restore(&snapshot)?;
-        *applied = Applied {
+        self.save_snapshot(meta, snapshot).await?;
+        *lock(&self.applied) = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
@@ -442,13 +578,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        Ok(lock(&self.snapshot)
-            .clone()
-            .map(|file| SnapshotOf::<TypeConfig, Vec<u8>> {
-                meta: file.meta,
-                snapshot: file.data,
+        let db = Arc::clone(&self.db);
+        Ok(blocking(move || read_snapshot(&db))
+            .await?
+            .map(|(meta, data)| SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta,
+                snapshot: data,
             }))
     }
+}
+
+/// Whether the store holds any Raft state (created a moment ago by
+/// [`open_db`] for a brand-new dir, it holds none).
+fn has_raft_state(db: &RaftDb) -> Result<bool, String> {
+    let read = || -> io::Result<bool> {
+        Ok(db.get_bytes(db::VOTE_KEY)?.is_some()
+            || db.last_entry()?.is_some()
+            || db.get_bytes(db::SNAPSHOT_META_KEY)?.is_some())
+    };
+    read().map_err(|e| format!("cannot read {}: {e}", db::DB_FILE))
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
@@ -477,16 +625,27 @@ mod tests {
         ))
     }
 
-    fn indexes(store: &LogStore) -> Vec<u64> {
-        lock(&store.state).entries.keys().copied().collect()
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("litegate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn indexes(store: &mut LogStore) -> Vec<u64> {
+        store
+            .try_get_log_entries(0..u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.index())
+            .collect()
     }
 
     #[tokio::test]
     async fn log_and_vote_survive_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("litegate-raft-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut store = LogStore::open(&dir).unwrap();
+        let dir = temp_dir("raft-log");
+        let mut store = LogStore::new(open_db(&dir).unwrap());
         let vote = VoteOf::<TypeConfig>::new_committed(3, 2);
         store.save_vote(&vote).await.unwrap();
         store
@@ -500,9 +659,9 @@ mod tests {
         store.purge(entry(3, 1).log_id()).await.unwrap();
         drop(store);
 
-        let mut again = LogStore::open(&dir).unwrap();
+        let mut again = LogStore::new(open_db(&dir).unwrap());
         assert_eq!(again.read_vote().await.unwrap(), Some(vote));
-        assert_eq!(indexes(&again), vec![2, 3]);
+        assert_eq!(indexes(&mut again).await, vec![2, 3]);
         let state = again.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(1));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
@@ -514,19 +673,164 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[tokio::test]
+    async fn an_append_that_does_not_follow_the_log_is_refused_and_not_stored() {
+        let dir = temp_dir("raft-gap");
+        let mut store = LogStore::new(open_db(&dir).unwrap());
+        // An empty log starts at index 0.
+        let err = store
+            .append([entry(1, 3)], IOFlushed::noop())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("must have index 0"), "{err}");
+        store
+            .append((0..3).map(|i| entry(2, i)), IOFlushed::noop())
+            .await
+            .unwrap();
+        // A gap.
+        let err = store
+            .append([entry(2, 5)], IOFlushed::noop())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("must have index 3"), "{err}");
+        // An older term after a newer one.
+        assert!(store
+            .append([entry(1, 3)], IOFlushed::noop())
+            .await
+            .is_err());
+        // A batch whose second entry jumps: none of it is stored.
+        assert!(store
+            .append([entry(2, 3), entry(2, 5)], IOFlushed::noop())
+            .await
+            .is_err());
+        assert_eq!(indexes(&mut store).await, vec![0, 1, 2]);
+        // After a purge the next entry follows the purged id.
+        store.purge(entry(2, 2).log_id()).await.unwrap();
+        store
+            .append([entry(3, 3)], IOFlushed::noop())
+            .await
+            .unwrap();
+        assert_eq!(indexes(&mut store).await, vec![3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restart_reads_the_snapshot_and_the_log_left_after_the_purge() {
+        let dir = temp_dir("raft-snapshot");
+        let db = open_db(&dir).unwrap();
+        let mut log = LogStore::new(Arc::clone(&db));
+        let mut machine = StateMachine::open(Arc::clone(&db)).unwrap();
+        log.append((0..8).map(|i| entry(2, i)), IOFlushed::noop())
+            .await
+            .unwrap();
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(entry(2, 5).log_id()),
+            last_membership: StoredMembershipOf::<TypeConfig>::default(),
+        };
+        machine.install_snapshot(&meta, Vec::new()).await.unwrap();
+        let built = machine.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, meta.last_log_id);
+        log.purge(entry(2, 5).log_id()).await.unwrap();
+        drop((log, machine, db));
+
+        let db = open_db(&dir).unwrap();
+        let mut log = LogStore::new(Arc::clone(&db));
+        let mut machine = StateMachine::open(db).unwrap();
+        let (applied, _) = machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(5));
+        let current = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(indexes(&mut log).await, vec![6, 7]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(5));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(7));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_format_1_data_dir_is_migrated_once() {
+        let dir = temp_dir("raft-v1");
+        // Format 1, as litegate before format 2 wrote it.
+        let vote = VoteOf::<TypeConfig>::new_committed(4, 1);
+        let log = serde_json::json!({
+            "vote": vote,
+            "committed": entry(4, 2).log_id(),
+            "last_purged": entry(4, 0).log_id(),
+            "entries": {"1": entry(4, 1), "2": entry(4, 2)},
+        });
+        std::fs::write(dir.join(LEGACY_LOG_FILE), log.to_string()).unwrap();
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(entry(4, 0).log_id()),
+            last_membership: StoredMembershipOf::<TypeConfig>::default(),
+        };
+        std::fs::write(
+            dir.join(LEGACY_SNAPSHOT_FILE),
+            serde_json::to_vec(&meta).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(IDENTITY_FILE),
+            r#"{"node_id":1,"cluster_id":"c0ffee"}"#,
+        )
+        .unwrap();
+
+        let db = open_db(&dir).unwrap();
+        let identity = IdentityFile::open(&dir, 1, &db).unwrap();
+        assert_eq!(identity.cluster_id().as_deref(), Some("c0ffee"));
+        let mut store = LogStore::new(Arc::clone(&db));
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(indexes(&mut store).await, vec![1, 2]);
+        assert_eq!(
+            store.read_committed().await.unwrap(),
+            Some(entry(4, 2).log_id())
+        );
+        let mut machine = StateMachine::open(Arc::clone(&db)).unwrap();
+        assert_eq!(
+            machine.applied_state().await.unwrap().0,
+            Some(entry(4, 0).log_id())
+        );
+        assert!(!dir.join(LEGACY_LOG_FILE).exists());
+        assert!(dir.join("raft-log.json.v1").exists());
+        assert_eq!(
+            db.get::<u64>(db::FORMAT_KEY).unwrap(),
+            Some(db::FORMAT_VERSION)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_process_on_the_data_dir_and_a_newer_format_are_refused() {
+        let dir = temp_dir("raft-lock");
+        let db = open_db(&dir).unwrap();
+        let err = open_db(&dir).unwrap_err();
+        assert!(err.contains("in use by another litegate"), "{err}");
+        db.write(|txn| {
+            let mut meta = txn.open_table(db::META).map_err(db::io)?;
+            meta.insert(db::FORMAT_KEY, b"99".as_slice())
+                .map_err(db::io)?;
+            Ok(())
+        })
+        .unwrap();
+        drop(db);
+        let err = open_db(&dir).unwrap_err();
+        assert!(err.contains("format 99, newer"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn identity_of_another_node_is_refused() {
-        let dir = std::env::temp_dir().join(format!("litegate-identity-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let first = IdentityFile::open(&dir, 1).unwrap();
-        let cluster = first.create_cluster_id().unwrap();
+        let dir = temp_dir("identity");
+        let db = open_db(&dir).unwrap();
+        let first = IdentityFile::open(&dir, 1, &db).unwrap();
+        let cluster = first.join_initial_cluster("c1").unwrap();
         assert!(first.admit(Some(&cluster)).is_ok());
         assert!(first.admit(Some("another")).is_err());
+        assert!(first.join_initial_cluster("c2").is_err());
         drop(first);
-        let err = IdentityFile::open(&dir, 2).unwrap_err();
+        let err = IdentityFile::open(&dir, 2, &db).unwrap_err();
         assert!(err.contains("belongs to node 1"), "{err}");
         assert_eq!(
-            IdentityFile::open(&dir, 1).unwrap().cluster_id(),
+            IdentityFile::open(&dir, 1, &db).unwrap().cluster_id(),
             Some(cluster)
         );
         std::fs::remove_dir_all(&dir).unwrap();
