@@ -164,9 +164,13 @@ async fn answer(
 fn status(state: &AdminState) -> serde_json::Value {
     let c = &state.config;
     let primary = state.source.watch().current();
-    let peers: Vec<_> = c
+    // The peer table, which in raft mode follows the Raft membership.
+    let known = state
         .cluster
-        .peers
+        .as_ref()
+        .map(|cl| cl.peers.all())
+        .unwrap_or_else(|| std::sync::Arc::new(c.cluster.peers.clone()));
+    let peers: Vec<_> = known
         .iter()
         .map(|p| {
             let seen = state.cluster.as_ref().map(|cl| cl.peers.status(&p.name));
