@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -69,25 +69,79 @@ pub async fn wait_for_role(admin: &str, wait: std::time::Duration) -> Result<Kno
     }
 }
 
+/// `litegate member add | remove | replace`: sends a membership change
+/// to any node's admin listener; the leader makes it. Waits as long as the
+/// leader may (a new node catching up, a handoff).
+pub async fn change_members(
+    admin: &str,
+    change: &crate::primary::raft_membership::MemberChange,
+    token: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    use crate::primary::raft_membership::{MemberChange, CATCH_UP_LIMIT};
+    let (method, path, node) = match change {
+        MemberChange::Add { node } => (Method::POST, "/members".to_owned(), Some(node)),
+        MemberChange::Remove { name } => (Method::DELETE, format!("/members/{name}"), None),
+        MemberChange::Replace { old, node } => {
+            (Method::POST, format!("/members/{old}/replace"), Some(node))
+        }
+    };
+    let body = node
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let wait = CATCH_UP_LIMIT + std::time::Duration::from_secs(90);
+    send(admin, method, &path, token, body, wait).await
+}
+
 async fn call(
     admin: &str,
     method: Method,
     path: &str,
     token: Option<&str>,
 ) -> Result<serde_json::Value, String> {
+    send(
+        admin,
+        method,
+        path,
+        token,
+        Vec::new(),
+        std::time::Duration::from_secs(10),
+    )
+    .await
+}
+
+async fn send(
+    admin: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+    wait: std::time::Duration,
+) -> Result<serde_json::Value, String> {
     let base = admin.trim_end_matches('/');
     let uri: Uri = format!("{base}{path}").parse().map_err(|_| {
         format!("{admin:?} is not a URL: give the admin listener, e.g. http://127.0.0.1:9191")
     })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = Request::builder().method(method).uri(uri.clone());
     if let Some(token) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+    if !body.is_empty() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(wait, client.request(req))
         .await
-        .map_err(|_| format!("{uri} did not answer within 10s"))?
+        .map_err(|_| {
+            format!(
+                "{uri} did not answer within {}",
+                humantime::format_duration(wait)
+            )
+        })?
         .map_err(|e| {
             format!(
                 "cannot reach {uri}: {e} (is litegate running, and is --admin its admin.listen?)"

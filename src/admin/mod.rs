@@ -3,6 +3,7 @@
 //! Loopback by default.
 
 pub mod client;
+mod members;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,6 +77,12 @@ impl Handler for AdminHandler {
         req: Request<Incoming>,
         _conn: ConnInfo,
     ) -> Response<ProxyBody> {
+        if members::is_change(&req) {
+            return match authorize(&self.state, &req, self.loopback) {
+                Err((status, why)) => body::text_response(status, why),
+                Ok(()) => members::change(&self.state, req).await,
+            };
+        }
         answer(&self.state, &req, self.loopback).await
     }
 }
@@ -154,10 +161,10 @@ async fn answer(
             }
             _ => body::text_response(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /primary /replica /status /metrics, or POST /promote /handoff\n",
+                "not found; try /healthz /readyz /primary /replica /status /members /metrics, or POST /promote /handoff /members\n",
             ),
         },
-        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote and /handoff\n"),
+        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status; POST for /promote, /handoff, /members and /members/NAME/replace; DELETE for /members/NAME\n"),
     }
 }
 

@@ -7,6 +7,7 @@ mod dev;
 mod litefs_lease;
 mod permit;
 pub mod raft;
+pub mod raft_membership;
 mod raft_publisher;
 mod static_primary;
 pub mod static_promote;

@@ -146,6 +146,16 @@ impl RaftLeadership {
         &self.raft
     }
 
+    /// This node's peer table, which follows the Raft membership.
+    pub fn peers(&self) -> &Arc<PeerTable> {
+        &self.peers
+    }
+
+    /// This node's Raft id.
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
     fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
     }
