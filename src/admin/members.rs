@@ -44,28 +44,21 @@ pub async fn change(state: &AdminState, req: Request<Incoming>) -> Response<Prox
 async fn parse(req: Request<Incoming>) -> Result<MemberChange, Response<ProxyBody>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let named = |rest: &str| -> Result<String, Response<ProxyBody>> {
-        // Node names are plain (config validation keeps them so): no
-        // percent-decoding.
-        let name = rest.to_owned();
-        if name.is_empty() || name.contains('/') {
-            Err(body::text_response(
-                StatusCode::NOT_FOUND,
-                "name the member: /members/NAME\n",
-            ))
-        } else {
-            Ok(name)
-        }
-    };
+    // Node names are plain (no '/'), taken as they appear in the path.
+    let named = |rest: &str| (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_owned());
+    let unnamed = || body::text_response(StatusCode::NOT_FOUND, "name the member: /members/NAME\n");
     if method == Method::DELETE {
-        let name = named(&path["/members/".len()..])?;
+        let name = named(&path["/members/".len()..]).ok_or_else(unnamed)?;
         return Ok(MemberChange::Remove { name });
     }
     let node = read_node(req).await?;
     if path == "/members" {
         return Ok(MemberChange::Add { node });
     }
-    let old = named(&path["/members/".len()..path.len() - "/replace".len()])?;
+    let old = path
+        .get("/members/".len()..path.len() - "/replace".len())
+        .and_then(named)
+        .ok_or_else(unnamed)?;
     Ok(MemberChange::Replace { old, node })
 }
 

@@ -333,3 +333,67 @@ impl EpochPeers for ClusterEpochPeers<'_> {
         self.table.propose_all(self.client, proposal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, name: &str) -> Peer {
+        Peer {
+            id,
+            name: name.into(),
+            cluster: format!("127.0.0.1:{}", 7000 + id),
+            public_url: format!("http://127.0.0.1:{}", 8000 + id),
+            witness: false,
+        }
+    }
+
+    fn node(id: u64, name: &str) -> MemberNode {
+        MemberNode::from(&peer(id, name))
+    }
+
+    #[test]
+    fn the_membership_replaces_the_config_peers_once_known() {
+        let table = PeerTable::new("a", &[peer(1, "a"), peer(2, "b"), peer(3, "c")]);
+        // Not in a cluster yet: the config's peers stay.
+        assert!(!table.follow_membership(Vec::new()));
+        assert_eq!(table.all().len(), 3);
+
+        let (a, b, d) = (node(1, "a"), node(2, "b"), node(4, "d"));
+        assert!(table.follow_membership([(1, &a, true), (2, &b, true), (4, &d, true)]));
+        assert_eq!(
+            table.get("d").map(|p| p.cluster),
+            Some("127.0.0.1:7004".into())
+        );
+        assert!(
+            table.get("c").is_none(),
+            "a removed member is no longer routed to"
+        );
+        assert_eq!(
+            table.others().iter().map(|p| p.id).collect::<Vec<_>>(),
+            [2, 4]
+        );
+        // The same membership again changes nothing.
+        assert!(!table.follow_membership([(1, &a, true), (2, &b, true), (4, &d, true)]));
+    }
+
+    #[test]
+    fn an_old_membership_without_names_reads_them_from_the_config() {
+        let table = PeerTable::new("a", &[peer(1, "a"), peer(2, "b")]);
+        let bare = MemberNode {
+            addr: "127.0.0.1:7002".into(),
+            ..MemberNode::default()
+        };
+        let a = node(1, "a");
+        table.follow_membership([(1, &a, true), (2, &bare, true)]);
+        assert_eq!(table.by_id(2), Some(peer(2, "b")));
+    }
+
+    #[test]
+    fn a_voter_wins_a_name_a_learner_also_has() {
+        let table = PeerTable::new("a", &[peer(1, "a")]);
+        let (a, old, new) = (node(1, "a"), node(2, "b"), node(3, "b"));
+        table.follow_membership([(3, &new, false), (1, &a, true), (2, &old, true)]);
+        assert_eq!(table.get("b").map(|p| p.id), Some(2));
+    }
+}

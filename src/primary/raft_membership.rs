@@ -328,3 +328,69 @@ impl RaftLeadership {
             .map_err(|e| ChangeError::Raft(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_member() -> NewMember {
+        NewMember {
+            id: 4,
+            name: "node-4".into(),
+            cluster: "10.0.0.4:7070".into(),
+            public_url: "http://10.0.0.4:8080".into(),
+            witness: false,
+        }
+    }
+
+    #[test]
+    fn a_well_formed_new_member_is_recorded_as_given() {
+        let node = new_member().check().unwrap();
+        assert_eq!(node.addr, "10.0.0.4:7070");
+        assert_eq!(node.name, "node-4");
+        assert_eq!(node.public_url, "http://10.0.0.4:8080");
+    }
+
+    #[test]
+    fn bad_new_members_are_refused_with_the_field_named() {
+        let refused = |edit: fn(&mut NewMember), field: &str| {
+            let mut m = new_member();
+            edit(&mut m);
+            match m.check() {
+                Err(ChangeError::Invalid(why)) => assert!(why.contains(field), "{why}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        };
+        refused(|m| m.id = 0, "`id`");
+        refused(|m| m.name = " ".into(), "`name`");
+        refused(|m| m.cluster = "10.0.0.4".into(), "`cluster`");
+        refused(|m| m.cluster = "http://x:1/".into(), "`cluster`");
+        refused(|m| m.public_url = String::new(), "`public_url`");
+        refused(|m| m.public_url = "10.0.0.4:8080".into(), "`public_url`");
+        refused(
+            |m| {
+                m.witness = true;
+            },
+            "`public_url`",
+        );
+        let mut witness = new_member();
+        witness.witness = true;
+        witness.public_url.clear();
+        assert!(witness.check().unwrap().witness);
+    }
+
+    #[test]
+    fn a_change_reads_from_the_json_the_admin_api_and_cluster_link_carry() {
+        let change: MemberChange = serde_json::from_str(
+            r#"{"op":"replace","old":"node-3","node":{"id":4,"name":"node-4","cluster":"10.0.0.4:7070","public_url":"http://10.0.0.4:8080"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(change, MemberChange::Replace { ref old, ref node } if old == "node-3" && node.id == 4)
+        );
+        assert!(serde_json::from_str::<NewMember>(
+            r#"{"id":4,"name":"n","cluster":"h:1","typo":1}"#
+        )
+        .is_err());
+    }
+}
