@@ -153,3 +153,31 @@ def test_a_node_whose_data_dir_was_wiped_is_replaced_by_a_fresh_one(procs):
     assert failed == [], failed
     # The cluster stays healthy without node-3: every live node agrees.
     assert leader_of(rest + [fresh], 30) in rest + [fresh]
+
+
+def test_bad_membership_changes_are_refused_with_the_reason(procs):
+    apps = start_apps(procs, 3)
+    cluster = start_raft_cluster(procs, apps)
+    leader_of(cluster, 30)
+    follower = next(n for n in cluster if n.status()["role"] == "replica")
+
+    taken = {"id": 9, "name": "node-2", "cluster": "127.0.0.1:1", "public_url": "http://127.0.0.1:2"}
+    r = httpx.post(f"{follower.admin}/members", json=taken, timeout=30)
+    assert r.status_code == 409, r.text
+    assert "node-2" in r.text
+
+    r = httpx.post(f"{follower.admin}/members", json={"id": 9, "name": "x"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "cluster" in r.text
+
+    r = httpx.delete(f"{follower.admin}/members/nobody", timeout=30)
+    assert r.status_code == 400, r.text
+    assert "not a member" in r.text
+
+    out = member(["replace", "node-3", "--id", "3", "--name", "node-3", "--cluster", "127.0.0.1:1",
+                  "--public-url", "http://127.0.0.1:2", "--admin", follower.admin])
+    assert out.returncode == 1
+    assert "new node.id" in out.stderr
+
+    # Nothing changed.
+    assert members(cluster[0]) == {"node-1": "voter", "node-2": "voter", "node-3": "voter"}

@@ -139,13 +139,12 @@ impl RaftLeadership {
             }
             MemberChange::Remove { name } => {
                 let (id, voter) = self.find(name)?;
-                self.leave_if_me(id).await?;
-                let voters = self.voter_ids();
-                if voter && voters.len() <= 1 {
+                if voter && self.voter_ids().len() <= 1 {
                     return Err(ChangeError::Conflict(format!(
                         "{name} is the only voter: a cluster cannot remove its last voter"
                     )));
                 }
+                self.leave_if_me(id).await?;
                 let change = if voter {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {

@@ -260,7 +260,7 @@ impl Proxy {
     }
 
     fn unknown_primary(&self, class: Class, primary: &str) -> Outcome {
-        tracing::warn!(%primary, "the primary is not in cluster.peers");
+        tracing::warn!(%primary, "the primary is not among the known peers (cluster.peers, or the Raft membership in raft mode)");
         Outcome::rejected(
             class,
             ProxyError::NoPrimary {
