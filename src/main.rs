@@ -126,6 +126,75 @@ enum MemberAction {
         #[arg(long)]
         json: bool,
     },
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    /// Start it first (its own node.id and name, cluster.peers listing at
+    /// least one member, no --bootstrap).
+    Add {
+        #[command(flatten)]
+        node: NewNodeArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a node (a leader hands leadership off first). Stop it after.
+    Remove {
+        /// The member's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replace member OLD (e.g. one whose data dir was lost) by a new node
+    /// with an unused id: it catches up, then one joint change swaps them.
+    Replace {
+        /// The member to replace.
+        old: String,
+        #[command(flatten)]
+        node: NewNodeArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// The node a `member add` or `member replace` brings in.
+#[derive(clap::Args, Debug)]
+struct NewNodeArgs {
+    /// Its node.id: one no member ever had.
+    #[arg(long)]
+    id: u64,
+    /// Its node.name.
+    #[arg(long)]
+    name: String,
+    /// host:port of its cluster listener, as the other nodes reach it.
+    #[arg(long)]
+    cluster: String,
+    /// The URL clients reach it at (not for a witness).
+    #[arg(long, default_value = "")]
+    public_url: String,
+    /// It is a witness: it votes, has no app, and is never the primary.
+    #[arg(long)]
+    witness: bool,
+}
+
+impl NewNodeArgs {
+    fn into_member(self) -> litegate::primary::raft_membership::NewMember {
+        litegate::primary::raft_membership::NewMember {
+            id: self.id,
+            name: self.name,
+            cluster: self.cluster,
+            public_url: self.public_url,
+            witness: self.witness,
+        }
+    }
+}
+
+/// Where a membership change is sent: any node's admin listener.
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// Any node's admin listener; a follower forwards to the leader.
+    #[arg(long, default_value = "http://127.0.0.1:9191")]
+    admin: String,
+    /// A file holding the admin token (admin.token_file).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -235,6 +304,29 @@ fn main() -> ExitCode {
             }
         }
         Command::Member {
+            action: MemberAction::Add { node, admin },
+        } => change_members(
+            litegate::primary::raft_membership::MemberChange::Add {
+                node: node.into_member(),
+            },
+            admin,
+        ),
+        Command::Member {
+            action: MemberAction::Remove { name, admin },
+        } => change_members(
+            litegate::primary::raft_membership::MemberChange::Remove { name },
+            admin,
+        ),
+        Command::Member {
+            action: MemberAction::Replace { old, node, admin },
+        } => change_members(
+            litegate::primary::raft_membership::MemberChange::Replace {
+                old,
+                node: node.into_member(),
+            },
+            admin,
+        ),
+        Command::Member {
             action: MemberAction::List { admin, json },
         } => match runtime().block_on(litegate::admin::client::fetch_members(&admin)) {
             Ok(doc) if json => {
@@ -333,6 +425,34 @@ fn main() -> ExitCode {
                 Readiness::NotReady(_) => ExitCode::from(NOT_READY),
             }
         }
+    }
+}
+
+fn change_members(
+    change: litegate::primary::raft_membership::MemberChange,
+    admin: AdminArgs,
+) -> ExitCode {
+    let token = match admin.token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| t.trim().to_owned()),
+        Err(e) => return fail(&format!("cannot read --token-file: {e}")),
+    };
+    let call = litegate::admin::client::change_members(&admin.admin, &change, token.as_deref());
+    match runtime().block_on(call) {
+        Ok(done) => {
+            match (done["added"].as_str(), done["removed"].as_str()) {
+                (Some(added), Some(removed)) => {
+                    println!("replaced {removed} by {added} (node {})", done["id"])
+                }
+                (Some(added), None) => println!("{added} (node {}) is a voter", done["id"]),
+                (None, Some(removed)) => println!(
+                    "{removed} (node {}) left the cluster; stop it now",
+                    done["id"]
+                ),
+                (None, None) => println!("{done}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => fail(&message),
     }
 }
 

@@ -139,6 +139,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     let cluster_parts = (config.primary.mode != PrimaryMode::Dev && !config.is_fly_replay_only())
         .then(|| ClusterParts::new(&config))
         .transpose()?;
+    // The one peer table: routing, forwarding, polling and leadership read
+    // it; in raft mode it follows the membership in the Raft log.
+    let peers = cluster_parts
+        .as_ref()
+        .map(|_| Arc::new(PeerTable::new(me, &config.cluster.peers)));
     let mut raft_node = None;
     let source = Arc::new(match config.primary.mode {
         PrimaryMode::Dev => PrimarySource::Dev(DevPrimary::new(me)),
@@ -158,11 +163,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
                 .map(|p| p.client.clone())
                 .ok_or_else(|| "raft mode needs the cluster listener".to_owned())?;
             let node = Arc::new(raft::start(&config, client, options.bootstrap).await?);
+            let table = peers
+                .clone()
+                .ok_or_else(|| "raft mode needs the cluster listener".to_owned())?;
             let leadership = RaftLeadership::new(
                 node.raft.clone(),
                 &config,
                 node.quiet,
                 Arc::clone(&node.standing),
+                table,
             );
             leadership.spawn(stop.clone());
             let source = if config.lease.listen.is_empty() {
@@ -224,11 +233,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         );
     }
 
-    let peers = cluster_parts.as_ref().map(|parts| {
-        let peers = Arc::new(PeerTable::new(me, &config.cluster.peers));
+    if let (Some(parts), Some(peers)) = (&cluster_parts, &peers) {
         peers.spawn_poller(parts.client.clone(), Arc::clone(&source), stop.clone());
-        peers
-    });
+    }
     if let (Some(leadership), Some(peers), false) = (source.raft(), &peers, config.node.witness) {
         leadership.watch_apps(AppWatch::new(
             Arc::clone(&health),

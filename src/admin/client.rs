@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -28,7 +28,7 @@ pub enum Readiness {
 /// ready (with the node's reason); anything else is an error.
 pub async fn fetch_readiness(admin: &str, writes: bool) -> Result<Readiness, String> {
     let path = if writes { "/readyz/writes" } else { "/readyz" };
-    let (status, body) = send(admin, Method::GET, path, None).await?;
+    let (status, body) = send(admin, Method::GET, path, None, Vec::new(), SHORT_WAIT).await?;
     let body = String::from_utf8_lossy(&body);
     match status {
         http::StatusCode::OK => Ok(Readiness::Ready),
@@ -91,13 +91,55 @@ pub async fn wait_for_role(admin: &str, wait: std::time::Duration) -> Result<Kno
     }
 }
 
+/// `litegate member add | remove | replace`: sends a membership change
+/// to any node's admin listener; the leader makes it. Waits as long as the
+/// leader may (a new node catching up, a handoff).
+pub async fn change_members(
+    admin: &str,
+    change: &crate::primary::raft_membership::MemberChange,
+    token: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    use crate::primary::raft_membership::{MemberChange, CATCH_UP_LIMIT};
+    let (method, path, node) = match change {
+        MemberChange::Add { node } => (Method::POST, "/members".to_owned(), Some(node)),
+        MemberChange::Remove { name } => (Method::DELETE, format!("/members/{name}"), None),
+        MemberChange::Replace { old, node } => {
+            (Method::POST, format!("/members/{old}/replace"), Some(node))
+        }
+    };
+    let body = node
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let wait = CATCH_UP_LIMIT + std::time::Duration::from_secs(90);
+    call_with(admin, method, &path, token, body, wait).await
+}
+
+/// A request without a body, answered within 10 s; JSON back.
 async fn call(
     admin: &str,
     method: Method,
     path: &str,
     token: Option<&str>,
 ) -> Result<serde_json::Value, String> {
-    let (status, body) = send(admin, method, path, token).await?;
+    call_with(admin, method, path, token, Vec::new(), SHORT_WAIT).await
+}
+
+/// How long a plain admin call may take.
+const SHORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request with a JSON `body` (none when empty), answered within
+/// `wait`; a non-2xx answer is an error carrying the node's reason.
+async fn call_with(
+    admin: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+    wait: std::time::Duration,
+) -> Result<serde_json::Value, String> {
+    let (status, body) = send(admin, method, path, token, body, wait).await?;
     let uri = format!("{}{path}", admin.trim_end_matches('/'));
     if !status.is_success() {
         return Err(format!(
@@ -114,12 +156,14 @@ async fn send(
     method: Method,
     path: &str,
     token: Option<&str>,
+    body: Vec<u8>,
+    wait: std::time::Duration,
 ) -> Result<(http::StatusCode, Bytes), String> {
     let base = admin.trim_end_matches('/');
     let uri: Uri = format!("{base}{path}").parse().map_err(|_| {
         format!("{admin:?} is not a URL: give the admin listener, e.g. http://127.0.0.1:9191")
     })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = Request::builder()
         .method(method)
         .uri(uri.clone())
@@ -127,10 +171,20 @@ async fn send(
     if let Some(token) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+    if !body.is_empty() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(wait, client.request(req))
         .await
-        .map_err(|_| format!("{uri} did not answer within 10s"))?
+        .map_err(|_| {
+            format!(
+                "{uri} did not answer within {}",
+                humantime::format_duration(wait)
+            )
+        })?
         .map_err(|e| {
             format!(
                 "cannot reach {uri}: {e} (is litegate running, and is --admin its admin.listen?)"

@@ -3,6 +3,7 @@
 //! Loopback by default.
 
 pub mod client;
+mod members;
 mod ready;
 
 use std::sync::Arc;
@@ -82,6 +83,12 @@ impl Handler for AdminHandler {
         req: Request<Incoming>,
         _conn: ConnInfo,
     ) -> Response<ProxyBody> {
+        if members::is_change(&req) {
+            return match authorize(&self.state, &req, self.loopback) {
+                Err((status, why)) => body::text_response(status, why),
+                Ok(()) => members::change(&self.state, req).await,
+            };
+        }
         answer(&self.state, &req, self.loopback).await
     }
 }
@@ -150,10 +157,10 @@ async fn answer(
             }
             _ => body::text_response(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /readyz/writes /primary /replica /status /metrics, or POST /promote /handoff\n",
+                "not found; try /healthz /readyz /readyz/writes /primary /replica /status /members /metrics, or POST /promote /handoff /members\n",
             ),
         },
-        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status, POST for /promote and /handoff\n"),
+        _ => body::text_response(StatusCode::METHOD_NOT_ALLOWED, "GET for status; POST for /promote, /handoff, /members and /members/NAME/replace; DELETE for /members/NAME\n"),
     }
 }
 
@@ -193,9 +200,13 @@ fn refresh_gauges(state: &AdminState) {
 fn status(state: &AdminState) -> serde_json::Value {
     let c = &state.config;
     let primary = state.source.watch().current();
-    let peers: Vec<_> = c
+    // The peer table, which in raft mode follows the Raft membership.
+    let known = state
         .cluster
-        .peers
+        .as_ref()
+        .map(|cl| cl.peers.all())
+        .unwrap_or_else(|| std::sync::Arc::new(c.cluster.peers.clone()));
+    let peers: Vec<_> = known
         .iter()
         .map(|p| {
             let seen = state.cluster.as_ref().map(|cl| cl.peers.status(&p.name));

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod membership;
 pub mod peers;
 pub mod raft;
 pub mod role_hooks;

@@ -9,9 +9,11 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::raft::member::MemberNode;
 use crate::config::Peer;
 use crate::primary::static_promote::EpochPeers;
 use crate::primary::{Epoch, EpochState, PrimarySource, Vote};
@@ -45,10 +47,17 @@ pub struct PeerView {
     pub app_up: Option<bool>,
 }
 
+/// The one list of peers that routing, forwarding, polling and leadership
+/// read. It starts as `cluster.peers`; in raft mode, once this node knows
+/// a membership from the Raft log, that membership replaces it (see
+/// [`PeerTable::follow_membership`]), so a node added at runtime can be
+/// routed to and can lead.
 #[derive(Debug)]
 pub struct PeerTable {
     pub me: String,
-    pub peers: Vec<Peer>,
+    /// `cluster.peers`: fills in what an older log entry does not record.
+    seed: Vec<Peer>,
+    peers: ArcSwap<Vec<Peer>>,
     status: RwLock<HashMap<String, PeerStatus>>,
 }
 
@@ -56,17 +65,79 @@ impl PeerTable {
     pub fn new(me: &str, peers: &[Peer]) -> Self {
         Self {
             me: me.to_owned(),
-            peers: peers.to_vec(),
+            seed: peers.to_vec(),
+            peers: ArcSwap::from_pointee(peers.to_vec()),
             status: RwLock::new(HashMap::new()),
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Peer> {
-        self.peers.iter().find(|p| p.name == name)
+    /// Every peer, this node included when it is a member.
+    pub fn all(&self) -> Arc<Vec<Peer>> {
+        self.peers.load_full()
     }
 
-    pub fn others(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.iter().filter(move |p| p.name != self.me)
+    pub fn get(&self, name: &str) -> Option<Peer> {
+        self.peers.load().iter().find(|p| p.name == name).cloned()
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<Peer> {
+        self.peers.load().iter().find(|p| p.id == id).cloned()
+    }
+
+    pub fn others(&self) -> Vec<Peer> {
+        self.peers
+            .load()
+            .iter()
+            .filter(|p| p.name != self.me)
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the peers with the members the Raft log records, voters
+    /// first (so a name briefly held by a voter and a learner being added
+    /// in its place resolves to the voter). A field the log left empty
+    /// (a membership written before it carried names) comes from
+    /// `cluster.peers`. Returns whether anything changed.
+    pub fn follow_membership<'a>(
+        &self,
+        members: impl IntoIterator<Item = (u64, &'a MemberNode, bool)>,
+    ) -> bool {
+        let mut next: Vec<(bool, Peer)> = members
+            .into_iter()
+            .map(|(id, node, voter)| {
+                let seed = self.seed.iter().find(|p| p.id == id);
+                let or_seed = |value: &str, from_seed: fn(&Peer) -> &str| {
+                    if value.is_empty() {
+                        seed.map(from_seed).unwrap_or_default().to_owned()
+                    } else {
+                        value.to_owned()
+                    }
+                };
+                let peer = Peer {
+                    id,
+                    name: or_seed(&node.name, |p| &p.name),
+                    cluster: or_seed(&node.addr, |p| &p.cluster),
+                    public_url: or_seed(&node.public_url, |p| &p.public_url),
+                    witness: node.witness || seed.is_some_and(|p| p.witness),
+                };
+                (voter, peer)
+            })
+            .collect();
+        if next.is_empty() {
+            // Not a member of any cluster yet: keep what the config says.
+            return false;
+        }
+        next.sort_by_key(|(voter, peer)| (!*voter, peer.id));
+        let next: Vec<Peer> = next.into_iter().map(|(_, peer)| peer).collect();
+        if **self.peers.load() == next {
+            return false;
+        }
+        tracing::info!(
+            members = %next.iter().map(|p| format!("{}={}", p.id, p.name)).collect::<Vec<_>>().join(","),
+            "peers follow the Raft membership"
+        );
+        self.peers.store(Arc::new(next));
+        true
     }
 
     pub fn status(&self, name: &str) -> PeerStatus {
@@ -260,5 +331,69 @@ impl EpochPeers for ClusterEpochPeers<'_> {
         proposal: &Epoch,
     ) -> impl Future<Output = Vec<(String, Result<Vote, String>)>> + Send {
         self.table.propose_all(self.client, proposal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, name: &str) -> Peer {
+        Peer {
+            id,
+            name: name.into(),
+            cluster: format!("127.0.0.1:{}", 7000 + id),
+            public_url: format!("http://127.0.0.1:{}", 8000 + id),
+            witness: false,
+        }
+    }
+
+    fn node(id: u64, name: &str) -> MemberNode {
+        MemberNode::from(&peer(id, name))
+    }
+
+    #[test]
+    fn the_membership_replaces_the_config_peers_once_known() {
+        let table = PeerTable::new("a", &[peer(1, "a"), peer(2, "b"), peer(3, "c")]);
+        // Not in a cluster yet: the config's peers stay.
+        assert!(!table.follow_membership(Vec::new()));
+        assert_eq!(table.all().len(), 3);
+
+        let (a, b, d) = (node(1, "a"), node(2, "b"), node(4, "d"));
+        assert!(table.follow_membership([(1, &a, true), (2, &b, true), (4, &d, true)]));
+        assert_eq!(
+            table.get("d").map(|p| p.cluster),
+            Some("127.0.0.1:7004".into())
+        );
+        assert!(
+            table.get("c").is_none(),
+            "a removed member is no longer routed to"
+        );
+        assert_eq!(
+            table.others().iter().map(|p| p.id).collect::<Vec<_>>(),
+            [2, 4]
+        );
+        // The same membership again changes nothing.
+        assert!(!table.follow_membership([(1, &a, true), (2, &b, true), (4, &d, true)]));
+    }
+
+    #[test]
+    fn an_old_membership_without_names_reads_them_from_the_config() {
+        let table = PeerTable::new("a", &[peer(1, "a"), peer(2, "b")]);
+        let bare = MemberNode {
+            addr: "127.0.0.1:7002".into(),
+            ..MemberNode::default()
+        };
+        let a = node(1, "a");
+        table.follow_membership([(1, &a, true), (2, &bare, true)]);
+        assert_eq!(table.by_id(2), Some(peer(2, "b")));
+    }
+
+    #[test]
+    fn a_voter_wins_a_name_a_learner_also_has() {
+        let table = PeerTable::new("a", &[peer(1, "a")]);
+        let (a, old, new) = (node(1, "a"), node(2, "b"), node(3, "b"));
+        table.follow_membership([(3, &new, false), (1, &a, true), (2, &old, true)]);
+        assert_eq!(table.get("b").map(|p| p.id), Some(2));
     }
 }

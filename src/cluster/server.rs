@@ -7,6 +7,8 @@
 //! - `POST /_litegate/epoch`: a peer announces an epoch it won.
 //! - `POST /_litegate/epoch/propose`: a peer's promote asks this node's vote
 //!   (static mode).
+//! - `POST /_litegate/members`: a membership change forwarded by a peer's
+//!   admin listener (raft mode; made only if this node leads).
 //! - `POST /_litegate/raft/…`: Raft RPCs (raft mode), see [`raft::rpc`].
 //! - anything else: a write forwarded by a peer, fenced in
 //!   [`Proxy::handle_forwarded`].
@@ -26,6 +28,7 @@ use crate::proxy::server::Handler;
 use crate::proxy::{ConnInfo, Proxy};
 
 use super::auth::SharedSecret;
+use super::membership;
 use super::peers::PeerView;
 use super::raft::{self, RaftNode};
 
@@ -60,6 +63,7 @@ impl Handler for ClusterService {
             (&Method::GET, "/_litegate/epoch") => self.epoch(),
             (&Method::POST, "/_litegate/epoch") => self.announced(req).await,
             (&Method::POST, "/_litegate/epoch/propose") => self.proposed(req).await,
+            (&Method::POST, membership::CLUSTER_PATH) => self.member_change(req).await,
             (&Method::POST, path) if path.starts_with("/_litegate/raft/") => {
                 let endpoint = &path["/_litegate/raft/".len()..];
                 match &self.raft {
@@ -124,6 +128,19 @@ impl ClusterService {
             app_up: self.app_health.as_ref().map(|health| health.is_up()),
         };
         body::json_response(StatusCode::OK, &view)
+    }
+
+    async fn member_change(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let PrimarySource::Raft(leadership) = &*self.source else {
+            return body::text_response(
+                StatusCode::NOT_FOUND,
+                "this node is not in raft mode: check primary.mode on every node\n",
+            );
+        };
+        match membership::read_change(req).await {
+            Ok(change) => membership::on_leader(leadership, &change).await,
+            Err(refusal) => refusal,
+        }
     }
 
     async fn announced(&self, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -8,6 +8,7 @@ mod litefs_lease;
 mod permit;
 pub mod raft;
 mod raft_lease;
+pub mod raft_membership;
 mod raft_publisher;
 mod static_primary;
 pub mod static_promote;

@@ -35,7 +35,6 @@
 //! up-to-date app node; the held writes then go to the new leader. A
 //! witness never routes writes: if it is elected it hands off at once.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -45,9 +44,10 @@ use openraft::{RaftMetrics, ServerState};
 use serde_json::json;
 
 use super::app_aware::{self, AppWatch, DownClock};
-use super::raft_publisher::{age, LeadershipPublisher, Member};
+use super::raft_publisher::{age, LeadershipPublisher};
 use super::write_gate::GatePass;
 use super::PrimaryWatch;
+use crate::cluster::peers::PeerTable;
 use crate::cluster::raft::quiet::StartupQuiet;
 use crate::cluster::raft::standing::Standing;
 use crate::cluster::raft::{LitegateRaft, TypeConfig, NOT_JOINED};
@@ -62,6 +62,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 pub struct RaftLeadership {
     raft: LitegateRaft,
     publisher: LeadershipPublisher,
+    peers: Arc<PeerTable>,
     me: u64,
     witness: bool,
     election_timeout_max: Duration,
@@ -102,26 +103,15 @@ pub enum HandoffError {
 }
 
 impl RaftLeadership {
+    /// `peers` is the node's one peer table; the leadership task keeps it
+    /// in step with the membership in the Raft log.
     pub fn new(
         raft: LitegateRaft,
         config: &Config,
         quiet: StartupQuiet,
         standing: Arc<Standing>,
+        peers: Arc<PeerTable>,
     ) -> Arc<Self> {
-        let members: BTreeMap<u64, Member> = config
-            .cluster
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    Member {
-                        name: Arc::from(p.name.as_str()),
-                        witness: p.witness,
-                    },
-                )
-            })
-            .collect();
         let [lo, hi] = config.cluster.election_timeout;
         let me = config.node.id.unwrap_or_default();
         metrics::set_is_primary(false);
@@ -130,11 +120,12 @@ impl RaftLeadership {
             publisher: LeadershipPublisher::new(
                 me,
                 config.node.witness,
-                members,
+                Arc::clone(&peers),
                 lo.get(),
                 hi.get(),
             ),
             me,
+            peers,
             witness: config.node.witness,
             election_timeout_max: hi.get(),
             quiet,
@@ -170,6 +161,16 @@ impl RaftLeadership {
         &self.raft
     }
 
+    /// This node's peer table, which follows the Raft membership.
+    pub fn peers(&self) -> &Arc<PeerTable> {
+        &self.peers
+    }
+
+    /// This node's Raft id.
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
     fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
     }
@@ -190,6 +191,7 @@ impl RaftLeadership {
             let mut app_tick = tokio::time::interval(app_aware::RECHECK);
             app_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                this.follow_membership(&metrics.borrow_watched().clone());
                 let refresh_at = this.publisher.refresh(|| metrics.borrow_watched().clone());
                 let m = metrics.borrow_watched().clone();
                 let witness_may_campaign = if this.witness {
@@ -215,6 +217,18 @@ impl RaftLeadership {
                 }
             }
         });
+    }
+
+    /// Brings the peer table in step with the membership this node knows
+    /// from the Raft log, before the leadership it implies is published.
+    fn follow_membership(&self, m: &RaftMetrics<TypeConfig>) {
+        let stored = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = stored.voter_ids().collect();
+        self.peers.follow_membership(
+            stored
+                .nodes()
+                .map(|(id, node)| (*id, node, voters.contains(id))),
+        );
     }
 
     /// App-aware leadership: on a leader whose app has been down too long,
@@ -467,6 +481,7 @@ impl RaftLeadership {
         let peers: Vec<_> = self
             .publisher
             .members()
+            .into_iter()
             .map(|(id, p)| {
                 let matched = matched_index(&m, id);
                 let acked_ms_ago = ack_age(&m, id).map(|a| a.as_millis() as u64);
@@ -520,6 +535,7 @@ impl RaftLeadership {
         let peer_acks: Vec<(String, Option<Duration>)> = self
             .publisher
             .members()
+            .into_iter()
             .filter(|(id, _)| *id != self.me)
             .map(|(id, p)| (p.name.to_string(), ack_age(&m, id)))
             .collect();

@@ -8,7 +8,6 @@
 //! began is never published after the handoff's "unknown", and while the
 //! handoff runs nothing publishes "primary".
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use openraft::{RaftMetrics, ServerState};
 
 use super::write_gate::{GatePass, WriteGate};
 use super::{PrimaryCell, PrimaryState, Role};
+use crate::cluster::peers::PeerTable;
 use crate::cluster::raft::TypeConfig;
 use crate::metrics;
 
@@ -23,6 +23,15 @@ use crate::metrics;
 pub struct Member {
     pub name: Arc<str>,
     pub witness: bool,
+}
+
+impl From<crate::config::Peer> for Member {
+    fn from(peer: crate::config::Peer) -> Self {
+        Self {
+            name: Arc::from(peer.name),
+            witness: peer.witness,
+        }
+    }
 }
 
 /// What the publisher remembers between two metrics updates.
@@ -38,7 +47,8 @@ pub struct LeadershipPublisher {
     gate: Arc<WriteGate>,
     me: u64,
     witness: bool,
-    members: BTreeMap<u64, Member>,
+    /// Who is who: the peer table, which follows the Raft membership.
+    members: Arc<PeerTable>,
     /// How long after a quorum acknowledgement this node may write.
     write_lease: Duration,
     /// How long a newly elected leader waits before its first write.
@@ -61,7 +71,7 @@ impl LeadershipPublisher {
     pub fn new(
         me: u64,
         witness: bool,
-        members: BTreeMap<u64, Member>,
+        members: Arc<PeerTable>,
         write_lease: Duration,
         takeover_hold: Duration,
     ) -> Self {
@@ -83,12 +93,16 @@ impl LeadershipPublisher {
         &self.cell
     }
 
-    pub fn member(&self, id: u64) -> Option<&Member> {
-        self.members.get(&id)
+    pub fn member(&self, id: u64) -> Option<Member> {
+        self.members.by_id(id).map(Member::from)
     }
 
-    pub fn members(&self) -> impl Iterator<Item = (u64, &Member)> {
-        self.members.iter().map(|(id, m)| (*id, m))
+    pub fn members(&self) -> Vec<(u64, Member)> {
+        self.members
+            .all()
+            .iter()
+            .map(|p| (p.id, Member::from(p.clone())))
+            .collect()
     }
 
     /// A permit to pass a write to this node's app, or `None` while a
@@ -219,12 +233,12 @@ impl LeadershipPublisher {
                 });
                 (self.primary(id, m.current_term, Some(lease_deadline)), None)
             }
-            Some(id) if id != self.me => match self.members.get(&id) {
+            Some(id) if id != self.me => match self.member(id) {
                 Some(p) if !p.witness => (
                     PrimaryState {
                         role: Role::Replica,
                         term: m.current_term,
-                        primary: Some(Arc::clone(&p.name)),
+                        primary: Some(p.name),
                         lease_deadline: None,
                     },
                     None,
@@ -240,7 +254,7 @@ impl LeadershipPublisher {
         PrimaryState {
             role: Role::Primary,
             term,
-            primary: self.members.get(&id).map(|p| Arc::clone(&p.name)),
+            primary: self.member(id).map(|p| p.name),
             lease_deadline,
         }
     }
@@ -266,19 +280,19 @@ mod tests {
     const ME: u64 = 1;
 
     fn publisher(takeover_hold: Duration) -> Arc<LeadershipPublisher> {
-        let members = (1..=3)
-            .map(|id| {
-                let member = Member {
-                    name: Arc::from(format!("node-{id}")),
-                    witness: false,
-                };
-                (id, member)
+        let peers: Vec<crate::config::Peer> = (1..=3)
+            .map(|id| crate::config::Peer {
+                id,
+                name: format!("node-{id}"),
+                cluster: format!("127.0.0.1:{}", 7000 + id),
+                public_url: String::new(),
+                witness: false,
             })
             .collect();
         Arc::new(LeadershipPublisher::new(
             ME,
             false,
-            members,
+            Arc::new(PeerTable::new("node-1", &peers)),
             Duration::from_secs(60),
             takeover_hold,
         ))

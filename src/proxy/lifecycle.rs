@@ -265,7 +265,7 @@ impl Proxy {
     fn unknown_primary(&self, class: Class, primary: &str) -> Outcome {
         static UNKNOWN: LogLimit = LogLimit::new(log_limit::EVERY);
         if let Some(suppressed) = UNKNOWN.allow(primary) {
-            tracing::warn!(%primary, suppressed, "the primary is not in cluster.peers");
+            tracing::warn!(%primary, suppressed, "the primary is not among the known peers (cluster.peers, or the Raft membership in raft mode)");
         }
         Outcome::rejected(
             class,
