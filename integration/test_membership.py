@@ -18,7 +18,7 @@ from harness import (
     wait_until,
     write_secret,
 )
-from test_raft_cluster import Writer, all_writes, start_apps, write
+from test_raft_cluster import ADMIN, Writer, all_writes, start_apps, write
 
 
 def spec_of(node: ClusterNode, node_id: int) -> dict:
@@ -91,7 +91,7 @@ def test_a_fourth_node_joins_as_a_voter_under_load_and_forwards_writes(procs):
     # node-4 can lead: hand leadership to it.
     leader = leader_of(cluster + [node4])
     if leader is not node4:
-        r = httpx.post(f"{leader.admin}/handoff", params={"to": "node-4"}, timeout=30)
+        r = httpx.post(f"{leader.admin}/handoff", params={"to": "node-4"}, timeout=30, headers=ADMIN)
         assert r.status_code == 200, r.text
     assert leader_of(cluster + [node4], 30) is node4
     r = write(cluster[0], "while-node-4-leads")
@@ -162,15 +162,15 @@ def test_bad_membership_changes_are_refused_with_the_reason(procs):
     follower = next(n for n in cluster if n.status()["role"] == "replica")
 
     taken = {"id": 9, "name": "node-2", "cluster": "127.0.0.1:1", "public_url": "http://127.0.0.1:2"}
-    r = httpx.post(f"{follower.admin}/members", json=taken, timeout=30)
+    r = httpx.post(f"{follower.admin}/members", json=taken, timeout=30, headers=ADMIN)
     assert r.status_code == 409, r.text
     assert "node-2" in r.text
 
-    r = httpx.post(f"{follower.admin}/members", json={"id": 9, "name": "x"}, timeout=30)
+    r = httpx.post(f"{follower.admin}/members", json={"id": 9, "name": "x"}, timeout=30, headers=ADMIN)
     assert r.status_code == 400, r.text
     assert "cluster" in r.text
 
-    r = httpx.delete(f"{follower.admin}/members/nobody", timeout=30)
+    r = httpx.delete(f"{follower.admin}/members/nobody", timeout=30, headers=ADMIN)
     assert r.status_code == 400, r.text
     assert "not a member" in r.text
 
