@@ -2,7 +2,10 @@
 (fixtures/litefs_standin.py), which replicates each node's real SQLite file
 after a chosen lag — so a read that does not wait really is stale."""
 
+import json
 import re
+import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -177,3 +180,34 @@ def test_django_login_then_read_through_a_lagging_replica(procs):
         home = client.get("/")
         assert "my own write — written by app-1" in home.text
     assert replica.metric("litegate_consistency_wait_seconds_count") >= 2
+
+
+def json_lines(node, skip: int = 0) -> list[dict]:
+    lines = node.proc.log_path.read_text(errors="replace").splitlines()[skip:]
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_a_litefs_api_outage_is_warned_about_once_and_reads_and_writes_go_on(procs):
+    """LiteFS's API down for a few seconds: litegate tries it again every
+    second and falls back to `.primary`, but writes one warning for the
+    burst (log_limit.rs), not one a second; the node keeps serving."""
+    litefs, (node1, node2) = start(procs, extra='[log]\nformat = "json"\n')
+    before = len(node2.proc.log_path.read_text(errors="replace").splitlines())
+    litefs.post("api", node="node-2", up="0")
+    wait_until(lambda: node2.metric("litegate_litefs_api_up") == 0, what="node-2 loses its API")
+    served = 0
+    with httpx.Client(base_url=node2.url, timeout=20) as client:
+        # About three reconnect attempts (one a second), serving meanwhile.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert client.get("/notes").status_code == 200
+            assert client.post("/notes", json={"text": f"during the outage {served}"}).status_code == 201
+            served += 1
+            time.sleep(0.2)
+    litefs.post("api", node="node-2", up="1")
+    wait_until(lambda: node2.metric("litegate_litefs_api_up") == 1, timeout=15, what="node-2 follows its API again")
+    warnings = Counter(line["message"] for line in json_lines(node2, before) if line["level"] == "WARN")
+    lost = [n for message, n in warnings.items() if message.startswith("lost the LiteFS API")]
+    assert lost == [1], warnings
+    assert all(n == 1 for n in warnings.values()), warnings
+    assert served >= 3

@@ -5,13 +5,14 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from harness import (INTEGRATION, LiteFS, litegate_bin, start_dev, start_litefs_cluster, start_static_cluster,
-                     wait_until)
+                     start_with_config, wait_until)
 
 REPO = INTEGRATION.parent
 RULES = REPO / "deploy" / "prometheus" / "litegate-rules.yml"
@@ -77,6 +78,8 @@ def test_every_metric_the_rules_and_dashboard_use_exists_at_start(procs, upstrea
     for reason in ("no-primary", "upstream", "timeout", "indeterminate", "bad-request"):
         assert f'litegate_errors_total{{reason="{reason}"}} 0' in text, reason
     assert 'litegate_peer_up{peer="node-1"}' in text
+    for name in ("litegate_request_bytes_total", "litegate_response_bytes_total", "litegate_requests_queued"):
+        assert f"{name} 0" in text, name
     # No -1 sentinel anywhere.
     assert not [line for line in text.splitlines() if line.endswith(" -1")], text
 
@@ -99,6 +102,60 @@ def test_exact_status_reason_and_origin_labels(procs, upstream):
     assert re.search(r'code="405",reason="method-not-allowed"\} 1', text), text
     assert 'litegate_errors_total{reason="method-not-allowed"} 1' in text
     check_metrics(text)
+
+
+def test_byte_counters_count_client_bodies_exactly(procs, upstream):
+    """litegate_request_bytes_total and litegate_response_bytes_total move
+    by the body bytes clients sent and received: a small and a streamed
+    (chunked) upload, a JSON answer and a download. A forwarded write's body
+    counts on the node the client reached, not again on the primary."""
+    primary, replica = start_static_cluster(procs, [upstream, upstream])
+    wait_until(lambda: replica.status()["primary"] == "node-1", what="replica knows the primary")
+    small, streamed, download = 1000, 300_000, 200_000
+
+    def chunks():
+        for _ in range(streamed // 50_000):
+            yield b"s" * 50_000
+
+    received = 0
+    with httpx.Client(base_url=replica.url, timeout=30, headers={"accept-encoding": "identity"}) as client:
+        for body, size in ((b"x" * small, small), (chunks(), streamed)):
+            r = client.post("/upload", content=body)
+            assert r.status_code == 200 and r.json()["bytes"] == size, r.text
+            assert r.headers["litegate-served-by"] == "node-1"
+            received += len(r.content)
+        r = client.get("/download", params={"size": download})
+        assert r.status_code == 200 and len(r.content) == download
+        received += len(r.content)
+    assert replica.metric("litegate_request_bytes_total ") == small + streamed
+    assert replica.metric("litegate_response_bytes_total ") == received
+    # The primary got the writes from a peer and answered a peer: no
+    # client bytes there.
+    assert primary.metric("litegate_request_bytes_total ") == 0
+    assert primary.metric("litegate_response_bytes_total ") == 0
+
+
+def test_requests_waiting_for_the_app_are_counted_as_queued(procs, upstream):
+    """With upstream.max_concurrency = 1 and slow answers, the requests
+    behind the first wait for a turn: litegate_requests_queued counts them,
+    and is back to 0 once all are answered."""
+    node = start_with_config(procs, f'[primary]\nmode = "dev"\n[upstream]\nurl = "{upstream}"\nmax_concurrency = 1\n')
+    assert node.metric("litegate_requests_queued ") == 0
+    statuses: list[int] = []
+
+    def slow() -> None:
+        statuses.append(httpx.get(f"{node.url}/slow", params={"seconds": "1.5"}, timeout=30).status_code)
+
+    threads = [threading.Thread(target=slow) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: node.metric("litegate_requests_queued ") >= 1, timeout=10, what="a request queued")
+    finally:
+        for t in threads:
+            t.join(timeout=30)
+    assert statuses == [200, 200, 200]
+    assert node.metric("litegate_requests_queued ") == 0
 
 
 def test_readiness_app_down_and_status_exit_code(procs):

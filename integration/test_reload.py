@@ -159,3 +159,49 @@ def test_a_shorter_idle_timeout_applies_to_new_connections(procs, upstream, tmp_
         before.recv(1)
     before.close()
     after.close()
+
+
+def log_lines(node, containing: str) -> list[str]:
+    """Every line of the node's whole log (not only its tail) with `containing`."""
+    return [line for line in node.proc.log_path.read_text(errors="replace").splitlines() if containing in line]
+
+
+def refused_lines(node) -> int:
+    """Sends a TRACE, which litegate refuses itself, and counts its debug
+    line for that ("refused a client request") in the log so far."""
+    assert httpx.request("TRACE", f"{node.url}/", timeout=10).status_code == 405
+    return len(log_lines(node, "refused a client request"))
+
+
+def test_sighup_applies_a_changed_log_level_and_refuses_a_bad_one(procs, upstream, monkeypatch):
+    monkeypatch.delenv("LITEGATE_LOG", raising=False)
+    monkeypatch.delenv("LITEGATE_LOG_LEVEL", raising=False)
+    config = f'[primary]\nmode = "dev"\n[upstream]\nurl = "{upstream}"\n[log]\nlevel = "info"\n'
+    node = start_with_config(procs, config)
+    path = procs.log_dir / "node-a.toml"
+    assert refused_lines(node) == 0, "no debug line at info"
+    path.write_text(config.replace('level = "info"', 'level = "debug"'))
+    hangup(node)
+    wait_until(lambda: log_lines(node, "config reloaded"), what="the reload is logged")
+    assert "log.level" in log_lines(node, "config reloaded")[0]
+    assert refused_lines(node) == 1, "a debug line after the reload"
+    # A level that is not one is refused, naming the key; debug stays.
+    path.write_text(config.replace('level = "info"', 'level = "loud"'))
+    hangup(node)
+    wait_until(lambda: log_lines(node, "config reload refused"), what="the refusal is logged")
+    assert "log.level" in log_lines(node, "config reload refused")[0]
+    assert refused_lines(node) == 2, "the running level (debug) stays"
+    assert node.proc.popen.poll() is None
+
+
+def test_litegate_log_wins_over_log_level(procs, upstream, monkeypatch):
+    monkeypatch.setenv("LITEGATE_LOG", "info")
+    config = f'[primary]\nmode = "dev"\n[upstream]\nurl = "{upstream}"\n[log]\nlevel = "debug"\n'
+    node = start_with_config(procs, config)
+    assert refused_lines(node) == 0, "LITEGATE_LOG=info, not log.level = debug"
+    path = procs.log_dir / "node-a.toml"
+    path.write_text(config.replace('level = "debug"', 'level = "trace"'))
+    hangup(node)
+    wait_until(lambda: log_lines(node, "config reloaded"), what="the reload is logged")
+    assert log_lines(node, "LITEGATE_LOG is set and decides the log filter")
+    assert refused_lines(node) == 0

@@ -12,6 +12,7 @@ pub mod durable;
 pub mod lease;
 pub mod listen;
 pub mod litefs;
+pub mod log_level;
 pub mod log_limit;
 pub mod metrics;
 pub mod node;

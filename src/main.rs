@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use litegate::config::{Config, ListenAddr, LogFormat};
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
@@ -199,21 +198,21 @@ struct AdminArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `run` logs in the format its config names (the file, or
-    // LITEGATE_LOG_FORMAT through the usual override): the config is read
-    // once quietly to learn it, then again with logging on, so what loading
-    // says is logged in that format too.
-    let format = match &cli.command {
+    // `run` logs in the format and at the level its config names (the
+    // file, or LITEGATE_LOG_FORMAT / LITEGATE_LOG_LEVEL through the usual
+    // override): the config is read once quietly to learn them, then again
+    // with logging on, so what loading says is logged that way too.
+    let (format, level) = match &cli.command {
         Command::Run { config, .. } => {
             let quiet = tracing::subscriber::NoSubscriber::default();
             match tracing::subscriber::with_default(quiet, || load(config.clone())) {
-                Ok(config) => config.log.format,
+                Ok(config) => (config.log.format, Some(config.log.level)),
                 Err(message) => return fail(&message),
             }
         }
-        _ => format_from_env(),
+        _ => (format_from_env(), None),
     };
-    init_logging(format);
+    init_logging(format, level.as_deref());
     match cli.command {
         Command::Check { config } => match load(config) {
             Ok(config) => {
@@ -515,8 +514,10 @@ fn format_from_env() -> LogFormat {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = log_filter(std::env::var("LITEGATE_LOG").ok().as_deref());
+/// `level` is the config's `log.level` (none without a config file);
+/// `LITEGATE_LOG` wins over it (`log_level.rs`).
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let (filter, bad_env) = litegate::log_level::layer(level);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -529,22 +530,7 @@ fn init_logging(format: LogFormat) {
             .with(layer.json().flatten_event(true).with_current_span(false))
             .init(),
     }
-}
-
-/// `LITEGATE_LOG` as a filter (`info`, `litegate=debug,hyper=info`, …).
-/// openraft narrates every election at info: unless the filter names it,
-/// it is held at warn.
-fn log_filter(spec: Option<&str>) -> Targets {
-    let default = || Targets::new().with_default(tracing::Level::INFO);
-    let targets = spec
-        .and_then(|s| s.parse::<Targets>().ok())
-        .unwrap_or_else(default);
-    let names_openraft = spec.is_some_and(|s| s.contains("openraft"));
-    if names_openraft {
-        targets
-    } else {
-        let warn = tracing_subscriber::filter::LevelFilter::WARN;
-        let level = targets.default_level().map_or(warn, |l| l.min(warn));
-        targets.with_target("openraft", level)
+    if let Some(error) = bad_env {
+        tracing::warn!("{error}");
     }
 }

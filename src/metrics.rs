@@ -20,6 +20,9 @@ pub const HTTP_REQUESTS_TOTAL: &str = "litegate_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "litegate_http_request_duration_seconds";
 pub const ERRORS_TOTAL: &str = "litegate_errors_total";
 pub const REQUESTS_IN_FLIGHT: &str = "litegate_requests_in_flight";
+pub const REQUESTS_QUEUED: &str = "litegate_requests_queued";
+pub const REQUEST_BYTES_TOTAL: &str = "litegate_request_bytes_total";
+pub const RESPONSE_BYTES_TOTAL: &str = "litegate_response_bytes_total";
 pub const WRITES_HELD: &str = "litegate_writes_held";
 pub const OPEN_CONNECTIONS: &str = "litegate_open_connections";
 pub const UPSTREAM_UP: &str = "litegate_upstream_up";
@@ -166,11 +169,14 @@ fn register_at_zero(peers: &[String]) {
         FORWARD_RETRIES_TOTAL,
         PRIMARY_CHANGES_TOTAL,
         CONSISTENCY_WAIT_TIMEOUTS_TOTAL,
+        REQUEST_BYTES_TOTAL,
+        RESPONSE_BYTES_TOTAL,
     ] {
         counter!(name).absolute(0);
     }
     for name in [
         REQUESTS_IN_FLIGHT,
+        REQUESTS_QUEUED,
         WRITES_HELD,
         OPEN_CONNECTIONS,
         IS_PRIMARY,
@@ -220,6 +226,20 @@ fn describe() {
     describe_gauge!(
         REQUESTS_IN_FLIGHT,
         "Requests (client and forwarded) received and not yet answered with a response head."
+    );
+    describe_gauge!(
+        REQUESTS_QUEUED,
+        "Requests waiting for one of the upstream.max_concurrency turns at this node's app."
+    );
+    describe_counter!(
+        REQUEST_BYTES_TOTAL,
+        Unit::Bytes,
+        "Body bytes received from clients on the public listener (not counted again on the primary a write is forwarded to)."
+    );
+    describe_counter!(
+        RESPONSE_BYTES_TOTAL,
+        Unit::Bytes,
+        "Body bytes handed to clients on the public listener (after a 101 upgrade, the joined connection's bytes are not counted)."
     );
     describe_gauge!(
         WRITES_HELD,
@@ -303,7 +323,10 @@ struct RequestMetrics {
     /// By reason; none for `none`, which is not an error.
     errors: Vec<Option<Counter>>,
     in_flight: Gauge,
+    queued: Gauge,
     writes_held: Gauge,
+    request_bytes: Counter,
+    response_bytes: Counter,
 }
 
 const CLASSES: [&str; 4] = ["read", "write", "local", "websocket"];
@@ -329,7 +352,10 @@ fn request_metrics() -> &'static RequestMetrics {
                 })
                 .collect(),
             in_flight: gauge!(REQUESTS_IN_FLIGHT),
+            queued: gauge!(REQUESTS_QUEUED),
             writes_held: gauge!(WRITES_HELD),
+            request_bytes: counter!(REQUEST_BYTES_TOTAL),
+            response_bytes: counter!(RESPONSE_BYTES_TOTAL),
         }
     })
 }
@@ -399,6 +425,34 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         request_metrics().in_flight.decrement(1.0);
     }
+}
+
+/// Counts a request in `requests_queued` while it waits for a turn at the
+/// app (`upstream.max_concurrency`).
+#[must_use]
+pub struct Queued(());
+
+impl Queued {
+    pub fn enter() -> Self {
+        request_metrics().queued.increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        request_metrics().queued.decrement(1.0);
+    }
+}
+
+/// A piece of a client's request body, received on the public listener.
+pub fn count_request_bytes(bytes: usize) {
+    request_metrics().request_bytes.increment(bytes as u64);
+}
+
+/// A piece of a response body, handed to a client on the public listener.
+pub fn count_response_bytes(bytes: usize) {
+    request_metrics().response_bytes.increment(bytes as u64);
 }
 
 /// Counts a write in `writes_held` while it waits for a primary.

@@ -340,7 +340,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             max_connections: caps.cluster,
             http1_only: false,
             shutdown_grace: config.public.shutdown_grace.get(),
-            count_connections: false,
+            count_traffic: false,
         };
         tokio::spawn(cluster_listener.serve(listener, service, stop.clone()));
         cluster_admin = Some(ClusterAdmin {
@@ -368,7 +368,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         max_connections: caps.admin,
         http1_only: true,
         shutdown_grace: config.public.shutdown_grace.get(),
-        count_connections: false,
+        count_traffic: false,
     };
     tokio::spawn(admin::serve(
         admin_side,
@@ -415,7 +415,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
                 max_connections: caps.public,
                 http1_only: false,
                 shutdown_grace: config.public.shutdown_grace.get(),
-                count_connections: true,
+                count_traffic: true,
             };
             public_listener.serve(public, proxy, stop).await;
         }
@@ -474,7 +474,7 @@ async fn lease_listener(
         max_connections: caps.admin,
         http1_only: true,
         shutdown_grace: config.public.shutdown_grace.get(),
-        count_connections: false,
+        count_traffic: false,
     };
     tokio::spawn(side.serve(listener, handler, stop.clone()));
     Ok(Some(service))

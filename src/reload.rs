@@ -1,12 +1,14 @@
 //! SIGHUP: read the config file again and take what can change while
-//! requests are in flight (the request rules and the public certificate);
-//! log every other changed key as needing a restart. A config that does not
-//! load, validate, or whose certificate does not load, changes nothing.
+//! requests are in flight (the request rules, the listeners' timeouts, the
+//! public certificate, the log level); log every other changed key as
+//! needing a restart. A config that does not load, validate, or whose
+//! certificate does not load, changes nothing.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::log_level::{self, Replaced};
 use crate::proxy::server::{LiveTimeouts, Timeouts};
 use crate::proxy::Proxy;
 use crate::tls::PublicCert;
@@ -27,6 +29,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "public.http2_keepalive_timeout",
     "public.tls_cert",
     "public.tls_key",
+    "log.level",
 ];
 
 pub struct Reloader {
@@ -49,6 +52,9 @@ pub struct Applied {
     /// The certificate files were read again (they may have changed on disk
     /// under the same names).
     pub certificate_reloaded: bool,
+    /// Live keys that changed but that the environment decides
+    /// (`log.level` while `LITEGATE_LOG` is set).
+    pub overridden: Vec<String>,
 }
 
 impl Reloader {
@@ -73,6 +79,13 @@ impl Reloader {
     pub fn reload_and_log(&self) {
         match self.reload(std::env::vars()) {
             Ok(applied) => {
+                if !applied.overridden.is_empty() {
+                    tracing::warn!(
+                        keys = %applied.overridden.join(", "),
+                        "config reload: these keys changed but {} is set and decides the log filter; it stays",
+                        log_level::ENV
+                    );
+                }
                 if !applied.need_restart.is_empty() {
                     tracing::warn!(
                         keys = %applied.need_restart.join(", "),
@@ -105,6 +118,13 @@ impl Reloader {
         let (live, need_restart): (Vec<String>, Vec<String>) = changed
             .into_iter()
             .partition(|key| LIVE_KEYS.contains(&key.as_str()));
+        // Parsed before anything changes (validation already did, so this
+        // cannot fail; it is the filter to swap in below).
+        let new_filter = if live.iter().any(|k| k == "log.level") {
+            Some(log_level::parse(&new.log.level)?)
+        } else {
+            None
+        };
         let tls_on = !new.public.tls_cert.is_empty();
         // Turning TLS on or off changes what the listener speaks: a restart.
         let certificate_reloaded = match (&self.public_cert, tls_on) {
@@ -125,10 +145,17 @@ impl Reloader {
         } else {
             need_restart
         };
-        let live: Vec<String> = live
+        let mut live: Vec<String> = live
             .into_iter()
             .filter(|k| !need_restart.contains(k))
             .collect();
+        let mut overridden = Vec::new();
+        if let Some(filter) = new_filter {
+            if log_level::replace(filter) == Replaced::EnvWins {
+                live.retain(|k| k != "log.level");
+                overridden.push("log.level".to_owned());
+            }
+        }
         apply_live(&mut running, &new, certificate_reloaded);
         self.proxy.reload_rules(&running);
         self.timeouts
@@ -137,6 +164,7 @@ impl Reloader {
             live,
             need_restart,
             certificate_reloaded,
+            overridden,
         })
     }
 }
@@ -160,6 +188,7 @@ fn apply_live(running: &mut Config, new: &Config, certificate_reloaded: bool) {
         r.tls_cert.clone_from(&n.tls_cert);
         r.tls_key.clone_from(&n.tls_key);
     }
+    running.log.level.clone_from(&new.log.level);
 }
 
 /// Every `section.key` whose value differs; a list (such as
@@ -213,8 +242,10 @@ mod tests {
         let mut new = Config::default();
         new.routing.local_paths = vec!["/static/*".parse().unwrap()];
         new.upstream.url = "http://127.0.0.1:9999".into();
+        new.log.level = "debug".into();
         apply_live(&mut running, &new, false);
         assert_eq!(running.routing.local_paths, new.routing.local_paths);
+        assert_eq!(running.log.level, "debug");
         assert_eq!(running.upstream.url, Config::default().upstream.url);
     }
 }

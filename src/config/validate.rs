@@ -172,6 +172,9 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
     if let Err(m) = upstream_url(&c.upstream.url) {
         return err("upstream.url", m);
     }
+    if let Err(m) = crate::log_level::parse(&c.log.level) {
+        return err("log.level", m);
+    }
     for bound in duration_bounds(c) {
         bound
             .check()

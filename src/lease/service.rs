@@ -922,7 +922,7 @@ mod tests {
             max_connections: 16,
             http1_only: true,
             shutdown_grace: Duration::from_secs(1),
-            count_connections: false,
+            count_traffic: false,
         };
         tokio::spawn(side.serve(listener, handler, n.stop.clone()));
 

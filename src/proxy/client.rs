@@ -1,7 +1,8 @@
 //! The pooled HTTP/1.1 client to the local app: keep-alive connections,
 //! `TCP_NODELAY`, a connect timeout, a bound on requests in flight (shared
-//! by reads and writes), and a deadline for the response head. Writes use
-//! their own pool, whose connections are fenced (`fence.rs`).
+//! by reads and writes; a request waiting for a turn is counted in
+//! `litegate_requests_queued`), and a deadline for the response head.
+//! Writes use their own pool, whose connections are fenced (`fence.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +12,10 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Semaphore;
-use tower::limit::ConcurrencyLimit;
-use tower::{Service, ServiceExt};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::UpstreamConfig;
+use crate::metrics;
 
 use super::app_connector::AppConnector;
 use super::body::ProxyBody;
@@ -32,8 +32,9 @@ pub const APP_READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct UpstreamClient {
-    service: ConcurrencyLimit<Client<AppConnector, ProxyBody>>,
+    reads: Client<AppConnector, ProxyBody>,
     writes: Arc<WritePool>,
+    /// `upstream.max_concurrency` turns at the app, for reads and writes.
     in_flight: Arc<Semaphore>,
     scheme: Scheme,
     authority: Authority,
@@ -70,7 +71,7 @@ impl UpstreamClient {
             config.max_concurrency,
         );
         Self {
-            service: ConcurrencyLimit::with_semaphore(reads, Arc::clone(&in_flight)),
+            reads,
             writes,
             in_flight,
             scheme: target.scheme().cloned().unwrap_or(Scheme::HTTP),
@@ -106,13 +107,17 @@ impl UpstreamClient {
         req: Request<ProxyBody>,
         progress: &client_body::Progress,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match client_body::head_within(
-            self.timeout,
-            Some(progress),
-            call(self.service.clone(), req),
-        )
-        .await
-        {
+        let exchange = async {
+            let _turn = turn(&self.in_flight).await?;
+            self.reads.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    ProxyError::UpstreamUnreachable(e.into())
+                } else {
+                    ProxyError::UpstreamBroken(e.into())
+                }
+            })
+        };
+        match client_body::head_within(self.timeout, Some(progress), exchange).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
         }
@@ -130,11 +135,7 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, ProxyError> {
         let progress = body_progress(&req);
         let exchange = async {
-            let _turn = self
-                .in_flight
-                .acquire()
-                .await
-                .map_err(|e| ProxyError::UpstreamUnreachable(e.into()))?;
+            let _turn = turn(&self.in_flight).await?;
             self.writes.send(req, attempt).await
         };
         match client_body::head_within(self.timeout, progress.as_deref(), exchange).await {
@@ -156,24 +157,21 @@ fn body_progress<B>(req: &Request<B>) -> Option<Arc<client_body::Progress>> {
         .cloned()
 }
 
-async fn call<C>(
-    mut service: ConcurrencyLimit<Client<C, ProxyBody>>,
-    req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, ProxyError>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    let ready = service
-        .ready()
+/// One of the app's `upstream.max_concurrency` turns, held until the
+/// response head (as long as the exchange runs). A request that finds none
+/// free is counted in `litegate_requests_queued` until it gets one; turns
+/// go to waiters in order, so a newcomer cannot take one ahead of them.
+async fn turn(limit: &Semaphore) -> Result<SemaphorePermit<'_>, ProxyError> {
+    if let Ok(permit) = limit.try_acquire() {
+        return Ok(permit);
+    }
+    let _queued = metrics::Queued::enter();
+    // The semaphore is never closed; an error here would mean nothing was
+    // sent.
+    limit
+        .acquire()
         .await
-        .map_err(|e| ProxyError::UpstreamBroken(e.into()))?;
-    ready.call(req).await.map_err(|e| {
-        if e.is_connect() {
-            ProxyError::UpstreamUnreachable(e.into())
-        } else {
-            ProxyError::UpstreamBroken(e.into())
-        }
-    })
+        .map_err(|e| ProxyError::UpstreamUnreachable(e.into()))
 }
 
 #[cfg(test)]
@@ -298,7 +296,11 @@ mod tests {
         assert!(matches!(err, ProxyError::Fenced), "{err:?}");
 
         // Reads are not fenced.
-        let (read_body, progress) = client_body::timed(body::empty(), Duration::from_secs(5));
+        let (read_body, progress) = client_body::timed(
+            body::empty(),
+            Duration::from_secs(5),
+            crate::metrics::RequestOrigin::Client,
+        );
         let read = Request::builder()
             .uri(client.uri_for(None))
             .header(http::header::HOST, "app")

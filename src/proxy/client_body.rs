@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use tokio::time::Sleep;
 
 use super::body::{BoxError, ProxyBody};
+use crate::metrics::{self, RequestOrigin};
 
 /// Why a client's body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +83,13 @@ impl Progress {
 
 /// Wraps a client's body: each next frame within `timeout` of being asked
 /// for. The [`Progress`] goes with the request (as an extension) to the
-/// code that sends it on.
-pub fn timed(inner: ProxyBody, timeout: Duration) -> (ProxyBody, Arc<Progress>) {
+/// code that sends it on. A body from a client (not a peer forwarding a
+/// write) is counted in `litegate_request_bytes_total` as it arrives.
+pub fn timed(
+    inner: ProxyBody,
+    timeout: Duration,
+    origin: RequestOrigin,
+) -> (ProxyBody, Arc<Progress>) {
     let progress = Progress::new();
     // A body that has already ended (most GETs) can never stall: it needs
     // no timer, nor a second box per request.
@@ -95,6 +101,7 @@ pub fn timed(inner: ProxyBody, timeout: Duration) -> (ProxyBody, Arc<Progress>) 
         timeout,
         waiting: None,
         progress: Arc::clone(&progress),
+        count_bytes: origin == RequestOrigin::Client,
     };
     (body.boxed_unsync(), progress)
 }
@@ -105,6 +112,9 @@ struct TimedBody {
     /// Armed while litegate waits on the client for the next frame.
     waiting: Option<Pin<Box<Sleep>>>,
     progress: Arc<Progress>,
+    /// Counted in `litegate_request_bytes_total`: a client's body, where a
+    /// forwarded write's was counted on the node the client reached.
+    count_bytes: bool,
 }
 
 impl TimedBody {
@@ -133,6 +143,9 @@ impl Body for TimedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 self.waiting = None;
                 self.progress.moved();
+                if let (true, Some(data)) = (self.count_bytes, frame.data_ref()) {
+                    metrics::count_request_bytes(data.len());
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
@@ -227,7 +240,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_stops_sending_fails_as_stalled() {
         let (mut tx, inner) = channel();
-        let (mut body, progress) = timed(inner, TIMEOUT);
+        let (mut body, progress) = timed(inner, TIMEOUT, RequestOrigin::Client);
         tx.send_data(Bytes::from_static(b"abc")).await.unwrap();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "abc");
@@ -241,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_but_steady_body_is_read_whole() {
         let (mut tx, inner) = channel();
-        let (body, progress) = timed(inner, TIMEOUT);
+        let (body, progress) = timed(inner, TIMEOUT, RequestOrigin::Client);
         tokio::spawn(async move {
             for _ in 0..8 {
                 tokio::time::sleep(STEP).await;
@@ -257,7 +270,7 @@ mod tests {
     #[tokio::test]
     async fn an_unpolled_body_does_not_time_out() {
         let (mut tx, inner) = channel();
-        let (mut body, progress) = timed(inner, TIMEOUT);
+        let (mut body, progress) = timed(inner, TIMEOUT, RequestOrigin::Client);
         // Nobody asks for the body for longer than the timeout (a write
         // waiting for its permit).
         tokio::time::sleep(TIMEOUT * 2).await;
@@ -272,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn a_broken_body_is_the_clients_fault() {
         let (tx, inner) = channel();
-        let (mut body, progress) = timed(inner, TIMEOUT);
+        let (mut body, progress) = timed(inner, TIMEOUT, RequestOrigin::Client);
         tx.abort("malformed chunk".into());
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(fault_of(&err), BodyFault::Broken);
@@ -282,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn the_head_deadline_counts_from_the_bodys_last_piece() {
         let (mut tx, inner) = channel();
-        let (body, progress) = timed(inner, TIMEOUT * 10);
+        let (body, progress) = timed(inner, TIMEOUT * 10, RequestOrigin::Client);
         // An "app" that reads the body as it comes, then answers.
         let exchange = async move {
             let all = body.collect().await.unwrap().to_bytes();

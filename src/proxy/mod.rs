@@ -46,7 +46,8 @@
 //!    app; [`ProxyError::next`] is the one decision whether a write is sent
 //!    again, and `into_response` the one place an error becomes an answer.
 //! 8. **Record** (`../metrics.rs`): requests by class, route, origin, exact
-//!    status and reason, and their duration to the response head.
+//!    status and reason, and their duration to the response head; client
+//!    body bytes as they pass, in (`client_body.rs`) and out (`server.rs`).
 //!
 //! Bodies are streamed frame by frame in both directions, except a write's
 //! first 64 KiB, kept so a try that sent nothing can be made again. Each
@@ -313,7 +314,11 @@ impl Proxy {
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         let body_read_timeout = self.rules.load().body_read_timeout;
-        let (body, progress) = client_body::timed(body::stream(body), body_read_timeout);
+        let (body, progress) = client_body::timed(
+            body::stream(body),
+            body_read_timeout,
+            metrics::RequestOrigin::Peer,
+        );
         // Reading the body is the admission the sender waits for.
         let body = forward::admitted_body(&mut parts.headers, body).await?;
         // The sender already stripped the client's Litegate-* and
@@ -425,7 +430,11 @@ impl Proxy {
         if client_version == Version::HTTP_2 {
             headers::join_cookies(h);
         }
-        let (body, progress) = client_body::timed(body::stream(body), rules.body_read_timeout);
+        let (body, progress) = client_body::timed(
+            body::stream(body),
+            rules.body_read_timeout,
+            metrics::RequestOrigin::Client,
+        );
         headers::frame_body(h, &body);
         ForwardedFor {
             client: conn.peer.ip().to_canonical(),

@@ -102,8 +102,10 @@ pub struct Listener {
     /// The admin listener speaks HTTP/1.1 only.
     pub http1_only: bool,
     pub shutdown_grace: Duration,
-    /// Counted in `litegate_open_connections` (the public listener).
-    pub count_connections: bool,
+    /// The public listener: its connections are counted in
+    /// `litegate_open_connections`, its response bodies in
+    /// `litegate_response_bytes_total`.
+    pub count_traffic: bool,
 }
 
 impl Listener {
@@ -167,7 +169,7 @@ impl Listener {
             let activity = Activity::new(accepted, timeouts.head, timeouts.idle);
             let (handler, builder, shutdown) =
                 (Arc::clone(&handler), Arc::clone(&builder), shutdown.clone());
-            let (tls, name, counted) = (self.tls.clone(), self.name, self.count_connections);
+            let (tls, name, counted) = (self.tls.clone(), self.name, self.count_traffic);
             if counted {
                 metrics::set_open_connections_delta(1.0);
             }
@@ -177,6 +179,7 @@ impl Listener {
                     handler,
                     activity,
                     shutdown,
+                    count_bytes: counted,
                 };
                 match tls {
                     None => conn.serve(stream, &builder).await,
@@ -220,6 +223,8 @@ struct Conn<H> {
     handler: Arc<H>,
     activity: Arc<Activity>,
     shutdown: Shutdown,
+    /// Response body bytes go into `litegate_response_bytes_total`.
+    count_bytes: bool,
 }
 
 impl<H: Handler> Conn<H> {
@@ -232,6 +237,7 @@ impl<H: Handler> Conn<H> {
             handler,
             activity,
             mut shutdown,
+            count_bytes,
         } = self;
         let tracked = Arc::clone(&activity);
         let service = service_fn(move |req| {
@@ -246,6 +252,7 @@ impl<H: Handler> Conn<H> {
                     TrackedBody {
                         body,
                         _in_flight: in_flight,
+                        count_bytes,
                     }
                     .boxed_unsync()
                 }))
@@ -276,10 +283,12 @@ impl<H: Handler> Conn<H> {
 }
 
 /// A response body that keeps its request counted as in flight until it
-/// has been sent or abandoned, so a long download is never cut as idle.
+/// has been sent or abandoned, so a long download is never cut as idle; on
+/// the public listener it counts the bytes it hands to the client.
 struct TrackedBody {
     body: ProxyBody,
     _in_flight: InFlight,
+    count_bytes: bool,
 }
 
 impl Body for TrackedBody {
@@ -290,7 +299,13 @@ impl Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (true, Poll::Ready(Some(Ok(frame)))) = (self.count_bytes, &polled) {
+            if let Some(data) = frame.data_ref() {
+                metrics::count_response_bytes(data.len());
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
