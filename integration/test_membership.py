@@ -3,7 +3,9 @@ replace` through the real binary, under a steady write load (the Writer of
 test_raft_cluster), with zero failed writes."""
 
 import shutil
+import signal
 import subprocess
+import time
 
 import httpx
 
@@ -13,6 +15,7 @@ from harness import (
     free_port,
     leader_of,
     litegate_bin,
+    restart,
     start_raft_cluster,
     wait_for_port,
     wait_until,
@@ -153,6 +156,67 @@ def test_a_node_whose_data_dir_was_wiped_is_replaced_by_a_fresh_one(procs):
     assert failed == [], failed
     # The cluster stays healthy without node-3: every live node agrees.
     assert leader_of(rest + [fresh], 30) in rest + [fresh]
+
+
+def test_a_voter_restarted_on_a_wiped_data_dir_does_not_rejoin_and_gets_no_vote(procs):
+    """Issue 13 item 2: a voter that lost its data dir used to rejoin
+    silently under its old id, with no vote and no log — free to vote twice
+    in one term. Now it is refused: it says why and how to replace it, the
+    cluster goes on without it, and its vote does not count."""
+    apps = start_apps(procs, 4)
+    cluster = start_raft_cluster(procs, apps[:3])
+    leader = leader_of(cluster, 30)
+    # Every node has polled every other one, so each knows the others'
+    # data dir incarnations (the polls report them).
+    wait_until(lambda: all(p["reachable"] for n in cluster for p in n.status()["peers"]
+                           if p["name"] != n.name), 15, "every node to have polled every peer")
+    wiped, other = [n for n in cluster if n is not leader]
+
+    wiped.proc.stop()
+    shutil.rmtree(procs.log_dir / f"{wiped.name}-data")
+    restart(procs, wiped)
+
+    def refusal() -> str:
+        return wiped.status()["raft"]["not_serving"] or ""
+    wait_until(lambda: "litegate member replace" in refusal(), 30, "the wiped node to say it must be replaced")
+    assert "data dir" in refusal(), refusal()
+    r = write(wiped, "through-the-wiped-node", timeout=30)
+    assert r.status_code == 503 and r.headers["litegate-error"] == "no-primary", r.text
+    assert "litegate member replace" in r.text, r.text
+    assert wiped.status()["role"] != "primary"
+
+    # The other two go on taking writes.
+    for i, node in enumerate([leader, other, leader]):
+        r = write(node, f"without-the-wiped-node-{i}")
+        assert r.status_code == 201, r.text
+
+    # Its vote does not count: with the leader gone, the remaining healthy
+    # voter must not be elected by the wiped one (1 of 3 votes is no
+    # majority). Killed, so it hands nothing off. Elections run every
+    # 150-300 ms; watch for 5 s.
+    leader.proc.signal(signal.SIGKILL)
+    leader.proc.wait(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for node in (other, wiped):
+            assert node.status()["role"] != "primary", f"{node.name} was elected with the wiped node's vote"
+        time.sleep(0.2)
+
+    # The old leader back: a majority again, and the wiped node is
+    # replaced by a fresh one with a new id while it still runs.
+    restart(procs, leader)
+    rest = [leader, other]
+    leader_of(rest, 30)
+    fresh = start_new_node(procs, [spec_of(n, i + 1) for i, n in enumerate(cluster)], 4, f"{wiped.name}b", apps[3])
+    out = member(["replace", wiped.name, *new_node_args(fresh, 4), "--admin", other.admin])
+    assert out.returncode == 0, out.stderr
+    assert f"replaced {wiped.name} by {fresh.name}" in out.stdout
+    expected = {n.name: "voter" for n in rest} | {fresh.name: "voter"}
+    assert members(other) == expected
+    wait_until(lambda: fresh.status()["primary"] is not None, 15, "the fresh node to know the primary")
+    r = write(fresh, "through-the-fresh-node")
+    assert r.status_code == 201, r.text
+    assert wiped.status()["role"] != "primary"
 
 
 def test_bad_membership_changes_are_refused_with_the_reason(procs):

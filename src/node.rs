@@ -166,6 +166,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
             let table = peers
                 .clone()
                 .ok_or_else(|| "raft mode needs the cluster listener".to_owned())?;
+            table.learn_incarnations(Arc::clone(&node.incarnations));
             let leadership = RaftLeadership::new(
                 node.raft.clone(),
                 &config,

@@ -6,15 +6,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::raft::incarnation::{self, Incarnations, Sighting};
 use crate::cluster::raft::member::MemberNode;
 use crate::config::Peer;
+use crate::log_limit::{self, LogLimit};
 use crate::primary::static_promote::EpochPeers;
 use crate::primary::{Epoch, EpochState, PrimarySource, Vote};
 use crate::shutdown::Shutdown;
@@ -45,6 +47,13 @@ pub struct PeerView {
     pub epoch: EpochState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_up: Option<bool>,
+    /// Raft mode: the answering node's id and data dir incarnation, so
+    /// every node learns every peer's within a second
+    /// ([`crate::cluster::raft::incarnation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 /// The one list of peers that routing, forwarding, polling and leadership
@@ -59,6 +68,8 @@ pub struct PeerTable {
     seed: Vec<Peer>,
     peers: ArcSwap<Vec<Peer>>,
     status: RwLock<HashMap<String, PeerStatus>>,
+    /// Raft mode: where the polls record each peer's incarnation.
+    incarnations: OnceLock<Arc<Incarnations>>,
 }
 
 impl PeerTable {
@@ -68,7 +79,13 @@ impl PeerTable {
             seed: peers.to_vec(),
             peers: ArcSwap::from_pointee(peers.to_vec()),
             status: RwLock::new(HashMap::new()),
+            incarnations: OnceLock::new(),
         }
+    }
+
+    /// Raft mode: the polls learn each peer's data dir incarnation.
+    pub fn learn_incarnations(&self, incarnations: Arc<Incarnations>) {
+        let _ = self.incarnations.set(incarnations);
     }
 
     /// Every peer, this node included when it is a member.
@@ -198,10 +215,14 @@ impl PeerTable {
         let mut polls = tokio::task::JoinSet::new();
         for peer in self.others() {
             let (client, name, addr) = (client.clone(), peer.name.clone(), peer.cluster.clone());
+            let incarnations = self.incarnations.get().cloned();
             polls.spawn(async move {
                 let result = client
                     .control::<PeerView>(&addr, Method::GET, "/_litegate/epoch", None::<&()>)
                     .await;
+                if let (Ok(view), Some(incarnations)) = (&result, incarnations) {
+                    learn_incarnation(&incarnations, peer.id, view).await;
+                }
                 (name, result)
             });
         }
@@ -311,6 +332,34 @@ impl PeerTable {
         }
         missed.sort();
         missed
+    }
+}
+
+/// Keeps the first incarnation a peer reports; says so, once a minute
+/// per peer, when one comes back with another (it lost its data dir: the
+/// Raft endpoints refuse it, see [`crate::cluster::raft::rpc`]).
+async fn learn_incarnation(incarnations: &Arc<Incarnations>, peer: u64, view: &PeerView) {
+    // An answer from another id at that address is not this peer's.
+    if view.node_id != Some(peer) {
+        return;
+    }
+    let Some(theirs) = view
+        .incarnation
+        .as_deref()
+        .filter(|i| incarnation::plausible(i))
+    else {
+        return;
+    };
+    match incarnations.sighted(peer, theirs).await {
+        Ok(Sighting::Known) => {}
+        Ok(Sighting::Changed { known }) => {
+            static CHANGED: LogLimit = LogLimit::new(log_limit::EVERY);
+            if let Some(suppressed) = CHANGED.allow(&peer.to_string()) {
+                let why = incarnation::changed_reason(peer, theirs, &known);
+                tracing::warn!(suppressed, "{why}");
+            }
+        }
+        Err(e) => tracing::warn!(peer, error = %e, "cannot record a peer's incarnation"),
     }
 }
 

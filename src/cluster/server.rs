@@ -126,6 +126,11 @@ impl ClusterService {
         let view = PeerView {
             epoch: view,
             app_up: self.app_health.as_ref().map(|health| health.is_up()),
+            node_id: self.raft.as_ref().map(|node| node.me),
+            incarnation: self
+                .raft
+                .as_ref()
+                .map(|node| node.incarnations.mine().to_owned()),
         };
         body::json_response(StatusCode::OK, &view)
     }

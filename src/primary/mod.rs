@@ -43,10 +43,7 @@ impl PrimarySource {
     /// Why this node itself cannot know a primary (raft: not joined, or a
     /// refused data dir), for the text of a `503 no-primary`.
     pub fn why_no_primary(&self) -> Option<String> {
-        match self {
-            PrimarySource::Raft(r) => r.why_no_primary(),
-            _ => None,
-        }
+        self.raft().and_then(|r| r.why_no_primary())
     }
 
     pub fn watch(&self) -> PrimaryWatch {

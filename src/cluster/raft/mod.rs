@@ -10,6 +10,8 @@
 //! - [`rpc`]: the receiving end of those RPCs.
 //! - [`quiet`]: no votes and no campaign right after a start.
 //! - [`member`]: what the membership in the log records about a node.
+//! - [`incarnation`]: which data dir each node id runs on; a node that
+//!   lost its data dir is refused under its old id.
 //!
 //! The Raft leader is the primary and its term is the fencing token: the
 //! standard leader id allows one leader per term. How leadership becomes
@@ -17,6 +19,7 @@
 
 pub mod bootstrap;
 pub mod db;
+pub mod incarnation;
 pub mod member;
 pub mod network;
 pub mod quiet;
@@ -67,6 +70,7 @@ pub type LitegateRaft = openraft::Raft<TypeConfig, store::StateMachine>;
 pub struct RaftNode {
     pub raft: LitegateRaft,
     pub identity: Arc<store::IdentityFile>,
+    pub incarnations: Arc<incarnation::Incarnations>,
     pub quiet: quiet::StartupQuiet,
     /// LiteFS's lease as the state machine applies it.
     pub lease: Arc<crate::lease::LeaseMachine>,
@@ -95,8 +99,12 @@ pub async fn start(
     // The store first: its file lock keeps a second process off this dir.
     let db = store::open_db(data_dir)?;
     let identity = Arc::new(store::IdentityFile::open(data_dir, me, &db)?);
+    let incarnations = Arc::new(incarnation::Incarnations::open(
+        identity.incarnation(),
+        Arc::clone(&db),
+    )?);
     let log = store::LogStore::new(Arc::clone(&db));
-    let state_machine = store::StateMachine::open(db)?;
+    let state_machine = store::StateMachine::open(db, Arc::clone(&incarnations))?;
     let lease = state_machine.lease();
     let snapshot_every = config.cluster.snapshot_entries;
     let [lo, hi] = config.cluster.election_timeout;
@@ -124,6 +132,7 @@ pub async fn start(
         me,
         client,
         identity: Arc::clone(&identity),
+        incarnations: Arc::clone(&incarnations),
     };
     let raft = LitegateRaft::new(me, Arc::new(raft_config), network, log, state_machine)
         .await
@@ -165,6 +174,7 @@ pub async fn start(
     Ok(RaftNode {
         raft,
         identity,
+        incarnations,
         quiet,
         lease,
         standing: Arc::default(),

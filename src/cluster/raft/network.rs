@@ -22,7 +22,11 @@ use openraft::{RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::rpc::{FullSnapshot, CLUSTER_ID_HEADER, FROM_HEADER, TO_HEADER};
+use super::incarnation::Incarnations;
+use super::rpc::{
+    FullSnapshot, CLUSTER_ID_HEADER, FROM_HEADER, FROM_INCARNATION_HEADER, TO_HEADER,
+    TO_INCARNATION_HEADER,
+};
 use super::store::IdentityFile;
 use super::TypeConfig;
 use crate::cluster::client::{CallError, PeerClient};
@@ -32,6 +36,7 @@ pub struct Network {
     pub me: u64,
     pub client: PeerClient,
     pub identity: Arc<IdentityFile>,
+    pub incarnations: Arc<Incarnations>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -78,6 +83,21 @@ impl PeerLink {
             .collect();
         headers.push((FROM_HEADER, HeaderValue::from(self.net.me)));
         headers.push((TO_HEADER, HeaderValue::from(self.target)));
+        // The receiver refuses a message meant for another data dir than
+        // its own: a peer that lost its data dir answers every vote
+        // request and append under its old id with a refusal.
+        let incarnations = &self.net.incarnations;
+        headers.extend(
+            HeaderValue::from_str(incarnations.mine())
+                .ok()
+                .map(|v| (FROM_INCARNATION_HEADER, v)),
+        );
+        headers.extend(
+            incarnations
+                .expected(self.target)
+                .and_then(|known| HeaderValue::from_str(&known).ok())
+                .map(|v| (TO_INCARNATION_HEADER, v)),
+        );
         let path = format!("/_litegate/raft/{endpoint}");
         let (status, bytes) = self
             .net

@@ -2,8 +2,9 @@
 //! pre-vote, snapshot, transfer-leader}` on the cluster listener, already
 //! authenticated by [`ClusterService`](crate::cluster::server::ClusterService).
 //! A message from another cluster is refused before openraft sees it, and
-//! so is any part in an election during the start-up quiet period
-//! ([`super::quiet`]).
+//! so is one to or from a node whose data dir is not the one the cluster
+//! knows ([`super::incarnation`]), and any part in an election during the
+//! start-up quiet period ([`super::quiet`]).
 
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -12,6 +13,7 @@ use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::incarnation::{self, Sighting};
 use super::{RaftNode, TypeConfig};
 use crate::log_limit::{self, LogLimit};
 use crate::proxy::body::{self, ProxyBody};
@@ -24,6 +26,14 @@ pub const CLUSTER_ID_HEADER: HeaderName = HeaderName::from_static("litegate-clus
 /// id, has found a second process claiming an identity.
 pub const FROM_HEADER: HeaderName = HeaderName::from_static("litegate-raft-from");
 pub const TO_HEADER: HeaderName = HeaderName::from_static("litegate-raft-to");
+
+/// The sender's data dir incarnation, and the one it knows for the
+/// receiver ([`super::incarnation`]): a node that lost its data dir is
+/// refused under its old id, both as sender and as receiver.
+pub const FROM_INCARNATION_HEADER: HeaderName =
+    HeaderName::from_static("litegate-raft-from-incarnation");
+pub const TO_INCARNATION_HEADER: HeaderName =
+    HeaderName::from_static("litegate-raft-to-incarnation");
 
 /// Raft messages here are small (leadership only), but a snapshot carries
 /// the membership; this bounds what a peer can make us buffer.
@@ -46,6 +56,11 @@ pub async fn handle(
     if let Some(refusal) = check_identity(node, req.headers(), sender) {
         return refusal;
     }
+    // Before the cluster id is learned: a node that lost its data dir must
+    // not even join the cluster under its old id.
+    if let Some(refusal) = check_addressed_incarnation(node, req.headers()) {
+        return refusal;
+    }
     let sender_cluster = req
         .headers()
         .get(&CLUSTER_ID_HEADER)
@@ -57,6 +72,11 @@ pub async fn handle(
             tracing::warn!(%reason, suppressed, "refused a Raft message from another cluster");
         }
         return body::text_response(StatusCode::CONFLICT, format!("{reason}\n"));
+    }
+    // After the cluster id check: only a member of this cluster is
+    // remembered.
+    if let Some(refusal) = check_sender_incarnation(node, req.headers()).await {
+        return refusal;
     }
     if let Some(reason) = node.quiet.refusal(endpoint, std::time::Instant::now()) {
         // The sender counts this as a failed RPC: no vote, no transfer.
@@ -100,13 +120,10 @@ fn check_identity(
     headers: &http::HeaderMap,
     sender: std::net::SocketAddr,
 ) -> Option<Response<ProxyBody>> {
-    let id = |name: &HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let (from, to) = (id(&FROM_HEADER), id(&TO_HEADER));
+    let (from, to) = (
+        header_id(headers, &FROM_HEADER),
+        header_id(headers, &TO_HEADER),
+    );
     let me = node.me;
     if let Some(to) = to.filter(|to| *to != me) {
         let why = format!(
@@ -131,6 +148,76 @@ fn check_identity(
         ));
     }
     None
+}
+
+/// A message meant for another incarnation of this node id: this node's
+/// data dir is not the one its peers know (it was lost and this node
+/// started on an empty one). Refused, so it neither votes nor takes the
+/// log under its old id, and recorded in [`super::standing`] so `status`
+/// and the `503` text say to replace it.
+fn check_addressed_incarnation(
+    node: &RaftNode,
+    headers: &http::HeaderMap,
+) -> Option<Response<ProxyBody>> {
+    let expected = header_incarnation(headers, &TO_INCARNATION_HEADER)?;
+    let mine = node.incarnations.mine();
+    if expected == mine {
+        return None;
+    }
+    let why = incarnation::wiped_reason(node.me, mine, expected, header_id(headers, &FROM_HEADER));
+    static WIPED: LogLimit = LogLimit::new(log_limit::EVERY);
+    if let Some(suppressed) = WIPED.allow("") {
+        tracing::error!(suppressed, "{why}");
+    }
+    node.standing.refuse(why.clone());
+    Some(body::text_response(
+        StatusCode::CONFLICT,
+        format!("{why}\n"),
+    ))
+}
+
+/// A sender whose incarnation differs from the one this node knows for its
+/// id has lost its data dir: refused (its vote request counts for
+/// nothing). The first incarnation seen for an id is kept.
+async fn check_sender_incarnation(
+    node: &RaftNode,
+    headers: &http::HeaderMap,
+) -> Option<Response<ProxyBody>> {
+    let from = header_id(headers, &FROM_HEADER)?;
+    let theirs = header_incarnation(headers, &FROM_INCARNATION_HEADER)?;
+    match node.incarnations.sighted(from, theirs).await {
+        Ok(Sighting::Known) => None,
+        Ok(Sighting::Changed { known }) => {
+            let why = incarnation::changed_reason(from, theirs, &known);
+            static CHANGED: LogLimit = LogLimit::new(log_limit::EVERY);
+            if let Some(suppressed) = CHANGED.allow(&from.to_string()) {
+                tracing::warn!(suppressed, "{why}");
+            }
+            Some(body::text_response(
+                StatusCode::CONFLICT,
+                format!("{why}\n"),
+            ))
+        }
+        // Not remembered, so not admitted: the sender retries.
+        Err(e) => Some(body::text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot record node {from}'s incarnation: {e}\n"),
+        )),
+    }
+}
+
+fn header_id(headers: &http::HeaderMap, name: &HeaderName) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn header_incarnation<'h>(headers: &'h http::HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| incarnation::plausible(v))
 }
 
 /// Decodes the request, hands it to openraft, encodes its answer. An error

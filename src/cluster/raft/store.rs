@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::db::{self, Legacy, RaftDb};
+use super::incarnation::Incarnations;
 use super::TypeConfig;
 use crate::durable;
 
@@ -47,6 +48,11 @@ pub struct Identity {
     /// Set when the cluster is bootstrapped, learned by the other nodes
     /// from the first Raft message they receive; `None` until then.
     pub cluster_id: Option<String>,
+    /// Drawn when the directory is created ([`super::incarnation`]): a
+    /// node that lost its data dir comes back with another one. Absent in
+    /// dirs written before it existed; drawn at their next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 /// The identity of this node's data directory, shared by the storage and
@@ -75,6 +81,7 @@ impl IdentityFile {
                 let fresh = Identity {
                     node_id,
                     cluster_id: None,
+                    incarnation: Some(super::incarnation::draw()?),
                 };
                 write_json(&path, &fresh)?;
                 fresh
@@ -88,6 +95,19 @@ impl IdentityFile {
                 identity.cluster_id.as_deref().unwrap_or("not yet joined"),
             ));
         }
+        let identity = match identity.incarnation {
+            Some(_) => identity,
+            None => {
+                // A dir from before incarnations: its peers know none for
+                // it yet, so the one drawn now is the first they see.
+                let upgraded = Identity {
+                    incarnation: Some(super::incarnation::draw()?),
+                    ..identity
+                };
+                write_json(&path, &upgraded)?;
+                upgraded
+            }
+        };
         Ok(Self {
             path,
             current: Mutex::new(identity),
@@ -96,6 +116,11 @@ impl IdentityFile {
 
     pub fn cluster_id(&self) -> Option<String> {
         lock(&self.current).cluster_id.clone()
+    }
+
+    /// This data dir's incarnation (always set once opened).
+    pub fn incarnation(&self) -> String {
+        lock(&self.current).incarnation.clone().unwrap_or_default()
     }
 
     /// Bootstrap: this node founds (or co-founds) the cluster whose id
@@ -427,13 +452,15 @@ pub struct StateMachine {
     db: Arc<RaftDb>,
     applied: Arc<Mutex<Applied>>,
     lease: Arc<crate::lease::LeaseMachine>,
+    /// Forgets the incarnation of every id a membership change removes.
+    incarnations: Arc<Incarnations>,
 }
 
 impl StateMachine {
     /// Starts from the last snapshot; openraft re-applies the committed
     /// log after it. The state machine's own data is the lease's (sessions and KV); the
     /// store keeps it as the snapshot's opaque blob.
-    pub fn open(db: Arc<RaftDb>) -> Result<Self, String> {
+    pub fn open(db: Arc<RaftDb>, incarnations: Arc<Incarnations>) -> Result<Self, String> {
         let snapshot = read_snapshot(&db).map_err(|e| {
             format!("cannot read the Raft snapshot: {e}; restore cluster.data_dir from a backup")
         })?;
@@ -454,6 +481,7 @@ impl StateMachine {
             db,
             applied: Arc::new(Mutex::new(applied)),
             lease,
+            incarnations,
         })
     }
 
@@ -484,6 +512,29 @@ impl StateMachine {
         })
         .await
     }
+}
+
+impl StateMachine {
+    async fn forget(&self, removed: Vec<u64>) -> io::Result<()> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let incarnations = Arc::clone(&self.incarnations);
+        blocking(move || incarnations.forget(&removed)).await
+    }
+}
+
+/// The ids (voters and learners) in `before` but not in `after`.
+fn removed_ids(
+    before: &StoredMembershipOf<TypeConfig>,
+    after: &StoredMembershipOf<TypeConfig>,
+) -> Vec<u64> {
+    let kept: std::collections::BTreeSet<u64> = after.nodes().map(|(id, _)| *id).collect();
+    before
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !kept.contains(id))
+        .collect()
 }
 
 /// The stored snapshot, meta and data.
@@ -534,12 +585,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            let mut removed = Vec::new();
             let result = {
                 let mut applied = lock(&self.applied);
                 applied.last_applied = Some(entry.log_id());
                 if let Some(membership) = entry.get_membership() {
-                    applied.membership =
+                    let next =
                         StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), membership);
+                    removed = removed_ids(&applied.membership, &next);
+                    applied.membership = next;
                 }
                 match &entry.payload {
                     openraft::EntryPayload::Normal(super::Command::Lease(command)) => {
@@ -548,6 +602,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     _ => true,
                 }
             };
+            self.forget(removed).await?;
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -568,11 +623,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // not replace the one it has.
         self.lease.restore(&snapshot)?;
         self.save_snapshot(meta, snapshot).await?;
-        *lock(&self.applied) = Applied {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
+        let removed = {
+            let mut applied = lock(&self.applied);
+            let removed = removed_ids(&applied.membership, &meta.last_membership);
+            *applied = Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            removed
         };
-        Ok(())
+        self.forget(removed).await
     }
 
     async fn get_current_snapshot(
@@ -630,6 +690,49 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    fn machine_of(db: &Arc<RaftDb>) -> StateMachine {
+        let incarnations = Incarnations::open("mine".into(), Arc::clone(db)).unwrap();
+        StateMachine::open(Arc::clone(db), Arc::new(incarnations)).unwrap()
+    }
+
+    fn membership_of(ids: &[u64]) -> StoredMembershipOf<TypeConfig> {
+        let voters: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+        StoredMembershipOf::<TypeConfig>::new(
+            Some(entry(1, 1).log_id()),
+            openraft::Membership::new_with_defaults(vec![voters], Vec::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_membership_that_removes_a_node_forgets_its_incarnation() {
+        let dir = temp_dir("raft-forget");
+        let db = open_db(&dir).unwrap();
+        let incarnations = Arc::new(Incarnations::open("mine".into(), Arc::clone(&db)).unwrap());
+        let mut machine = StateMachine::open(Arc::clone(&db), Arc::clone(&incarnations)).unwrap();
+        let install = |ids: &[u64], index: u64| SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(entry(1, index).log_id()),
+            last_membership: membership_of(ids),
+        };
+        machine
+            .install_snapshot(&install(&[1, 2, 3], 1), Vec::new())
+            .await
+            .unwrap();
+        incarnations.observe(2, "two").unwrap();
+        incarnations.observe(3, "three").unwrap();
+        machine
+            .install_snapshot(&install(&[1, 2], 2), Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(incarnations.expected(3), None);
+        assert_eq!(incarnations.expected(2).as_deref(), Some("two"));
+        assert_eq!(
+            removed_ids(&membership_of(&[1, 2, 3]), &membership_of(&[1, 2, 4])),
+            vec![3]
+        );
+        assert!(removed_ids(&membership_of(&[1, 2]), &membership_of(&[1, 2, 4])).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     async fn indexes(store: &mut LogStore) -> Vec<u64> {
@@ -719,7 +822,7 @@ mod tests {
         let dir = temp_dir("raft-snapshot");
         let db = open_db(&dir).unwrap();
         let mut log = LogStore::new(Arc::clone(&db));
-        let mut machine = StateMachine::open(Arc::clone(&db)).unwrap();
+        let mut machine = machine_of(&db);
         log.append((0..8).map(|i| entry(2, i)), IOFlushed::noop())
             .await
             .unwrap();
@@ -735,7 +838,7 @@ mod tests {
 
         let db = open_db(&dir).unwrap();
         let mut log = LogStore::new(Arc::clone(&db));
-        let mut machine = StateMachine::open(db).unwrap();
+        let mut machine = machine_of(&db);
         let (applied, _) = machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(5));
         let current = machine.get_current_snapshot().await.unwrap().unwrap();
@@ -777,6 +880,12 @@ mod tests {
         let db = open_db(&dir).unwrap();
         let identity = IdentityFile::open(&dir, 1, &db).unwrap();
         assert_eq!(identity.cluster_id().as_deref(), Some("c0ffee"));
+        // A dir from before incarnations draws one, once.
+        let drawn = identity.incarnation();
+        assert_eq!(drawn.len(), 32);
+        drop(identity);
+        let identity = IdentityFile::open(&dir, 1, &db).unwrap();
+        assert_eq!(identity.incarnation(), drawn);
         let mut store = LogStore::new(Arc::clone(&db));
         assert_eq!(store.read_vote().await.unwrap(), Some(vote));
         assert_eq!(indexes(&mut store).await, vec![1, 2]);
@@ -784,7 +893,7 @@ mod tests {
             store.read_committed().await.unwrap(),
             Some(entry(4, 2).log_id())
         );
-        let mut machine = StateMachine::open(Arc::clone(&db)).unwrap();
+        let mut machine = machine_of(&db);
         assert_eq!(
             machine.applied_state().await.unwrap().0,
             Some(entry(4, 0).log_id())
@@ -822,6 +931,7 @@ mod tests {
         let dir = temp_dir("identity");
         let db = open_db(&dir).unwrap();
         let first = IdentityFile::open(&dir, 1, &db).unwrap();
+        let incarnation = first.incarnation();
         let cluster = first.join_initial_cluster("c1").unwrap();
         assert!(first.admit(Some(&cluster)).is_ok());
         assert!(first.admit(Some("another")).is_err());
@@ -829,10 +939,9 @@ mod tests {
         drop(first);
         let err = IdentityFile::open(&dir, 2, &db).unwrap_err();
         assert!(err.contains("belongs to node 1"), "{err}");
-        assert_eq!(
-            IdentityFile::open(&dir, 1, &db).unwrap().cluster_id(),
-            Some(cluster)
-        );
+        let again = IdentityFile::open(&dir, 1, &db).unwrap();
+        assert_eq!(again.cluster_id(), Some(cluster));
+        assert_eq!(again.incarnation(), incarnation);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
