@@ -26,26 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare import free_port, wait_port  # benches/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = ROOT / "target" / "release" / "examples" / "bench-upstream"
 WARM_UP = 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def get_n(conn: http.client.HTTPConnection, n: int) -> None:
@@ -98,7 +83,7 @@ def instructions(binary: str, up: int, n: int, tmp: Path) -> tuple[float, Path]:
     out = tmp / "callgrind.out"
     p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"], binary, up, port)
     try:
-        wait_port(port)
+        wait_port(port, 60)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         get_n(conn, WARM_UP)
         subprocess.run(["callgrind_control", "--zero", str(p.pid)], check=True, capture_output=True)
@@ -125,7 +110,7 @@ def allocations(binary: str, up: int, n: int, tmp: Path) -> float:
         prefix = tmp / f"heaptrack-{k}"
         p = start(["heaptrack", "-o", str(prefix)], binary, up, port)
         try:
-            wait_port(port)
+            wait_port(port, 60)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             get_n(conn, WARM_UP + k * n)
             conn.close()
@@ -153,7 +138,7 @@ def main() -> None:
     upstream = subprocess.Popen([UPSTREAM, "--listen", f"127.0.0.1:{up}", "--threads", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_port(up)
+        wait_port(up, 60)
         allocs = allocations(args.bin, up, args.requests, tmp)
         ir, profile = instructions(args.bin, up, args.requests, tmp)
     finally:
