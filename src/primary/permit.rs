@@ -17,6 +17,9 @@ use super::PrimaryCell;
 pub struct WritePermit {
     term: u64,
     cell: Arc<PrimaryCell>,
+    /// With `[lease]`: the LiteFS lease this node held when the write was
+    /// admitted, told to the app next to the term.
+    lease: Option<LeaseHold>,
     /// This write's place in the count a Raft handoff drains, until the
     /// app has answered it.
     in_flight: Mutex<Option<GatePass>>,
@@ -27,8 +30,18 @@ impl WritePermit {
         Self {
             term,
             cell,
+            lease: None,
             in_flight: Mutex::new(in_flight),
         }
+    }
+
+    pub(super) fn with_lease(mut self, lease: LeaseHold) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    pub fn lease(&self) -> Option<&LeaseHold> {
+        self.lease.as_ref()
     }
 
     /// The app has answered: a handoff need not wait for the rest of the
@@ -49,6 +62,16 @@ impl WritePermit {
         let state = self.cell.current();
         state.term == self.term && state.may_write(now)
     }
+}
+
+/// Which hold of LiteFS's lease a write was admitted under: Consul's
+/// (session, lock index) pair. It names the lock; the order between
+/// holders is the term's, because LiteFS's handoff re-acquires with the
+/// old session and `Behavior = delete` starts the lock index again at 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHold {
+    pub session: String,
+    pub lock_index: u64,
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@ impl RaftLeadership {
                 Arc::clone(&peers),
                 lo.get(),
                 hi.get(),
+                config.lease.listen.is_empty(),
             ),
             me,
             peers,

@@ -11,8 +11,11 @@
 //! handoff drains it and a deposed leader's writes are refused exactly as
 //! in plain raft mode; the lease adds the condition that the database's
 //! primary is here. The fencing token is the Raft term: the lease only
-//! moves to another node with the leadership, and so with a higher term
-//! (the lock index alone starts again at 1 after `Behavior=delete`).
+//! moves to another node with the leadership, and so with a higher term.
+//! The app also gets the hold itself (session, lock index: `LeaseHold`)
+//! to match against LiteFS's lock, but that pair does not order holders:
+//! a handoff re-acquires with the old session, and the lock index starts
+//! again at 1 after `Behavior=delete`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 
+use super::permit::LeaseHold;
 use super::raft::RaftLeadership;
 use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role, WritePermit};
 use crate::lease::LeaseMachine;
@@ -80,8 +84,19 @@ impl RaftLease {
         if self.cell.current().role != Role::Primary {
             return None;
         }
+        let hold = self.machine.read(|t| {
+            t.holder(&self.key)
+                .filter(|(session, _)| session.owner == self.me)
+                .map(|(session, lock_index)| LeaseHold {
+                    session: session.id.clone(),
+                    lock_index,
+                })
+        })?;
         let raft = self.leadership.watch();
-        raft.permit(Some(self.leadership.write_permit()?))
+        Some(
+            raft.permit(Some(self.leadership.write_permit()?))?
+                .with_lease(hold),
+        )
     }
 
     /// What the request path sees, from Raft's published state and the
@@ -128,8 +143,10 @@ impl RaftLease {
                 let raft = raft_watch.current();
                 let next = this.compute(&raft);
                 let me_primary = next.role == Role::Primary;
+                let primary = next.primary.clone();
                 if this.cell.publish(next) {
                     crate::metrics::set_is_primary(me_primary);
+                    crate::metrics::observe_primary(primary.as_deref());
                 }
                 let now = Instant::now();
                 let leading = raft.role == Role::Primary;

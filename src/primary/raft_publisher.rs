@@ -53,6 +53,11 @@ pub struct LeadershipPublisher {
     write_lease: Duration,
     /// How long a newly elected leader waits before its first write.
     takeover_hold: Duration,
+    /// Whether Raft's leadership is what the role gauges report. With
+    /// `[lease]` the primary is the lease holder, which `RaftLease`
+    /// reports instead: a leader whose LiteFS has not taken the lease is
+    /// not the primary.
+    reports_role: bool,
     view: Mutex<View>,
     #[cfg(test)]
     before_publish: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -74,6 +79,7 @@ impl LeadershipPublisher {
         members: Arc<PeerTable>,
         write_lease: Duration,
         takeover_hold: Duration,
+        reports_role: bool,
     ) -> Self {
         Self {
             cell: PrimaryCell::new(PrimaryState::unknown()),
@@ -83,6 +89,7 @@ impl LeadershipPublisher {
             members,
             write_lease,
             takeover_hold,
+            reports_role,
             view: Mutex::new(View::default()),
             #[cfg(test)]
             before_publish: Mutex::new(None),
@@ -181,8 +188,10 @@ impl LeadershipPublisher {
                 primary = primary.as_deref().unwrap_or("-"),
                 "leadership changed"
             );
-            metrics::set_is_primary(role == Role::Primary);
-            metrics::observe_primary(primary.as_deref());
+            if self.reports_role {
+                metrics::set_is_primary(role == Role::Primary);
+                metrics::observe_primary(primary.as_deref());
+            }
         }
         metrics::set_raft_term(term);
         refresh_at
@@ -295,6 +304,7 @@ mod tests {
             Arc::new(PeerTable::new("node-1", &peers)),
             Duration::from_secs(60),
             takeover_hold,
+            true,
         ))
     }
 

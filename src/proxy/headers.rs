@@ -10,6 +10,8 @@ pub const LITEGATE_SERVED_BY: HeaderName = HeaderName::from_static("litegate-ser
 pub const LITEGATE_ROLE: HeaderName = HeaderName::from_static("litegate-role");
 pub const LITEGATE_TERM: HeaderName = HeaderName::from_static("litegate-term");
 pub const LITEGATE_PRIMARY: HeaderName = HeaderName::from_static("litegate-primary");
+pub const LITEGATE_LEASE_SESSION: HeaderName = HeaderName::from_static("litegate-lease-session");
+pub const LITEGATE_LEASE_INDEX: HeaderName = HeaderName::from_static("litegate-lease-index");
 /// The primary's position after a forwarded write, for the forwarding node
 /// to turn into the client's `__txid` cookie. Never reaches a client.
 pub const LITEGATE_TXID: HeaderName = HeaderName::from_static("litegate-txid");

@@ -290,12 +290,7 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = parts.headers.clone();
         req.extensions_mut().insert(Arc::clone(&prepared.progress));
-        let h = req.headers_mut();
-        h.insert(
-            super::headers::LITEGATE_ROLE,
-            HeaderValue::from_static("primary"),
-        );
-        h.insert(LITEGATE_TERM, HeaderValue::from(attempt.permit().term()));
+        respond::stamp_write(req.headers_mut(), attempt.permit());
         let resp = self.upstream.send_write(req, attempt).await?;
         let mut resp = respond::relay(
             resp,

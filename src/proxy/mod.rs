@@ -328,7 +328,7 @@ impl Proxy {
         headers::strip_litegate(&mut parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::frame_body(&mut parts.headers, &body);
-        respond::stamp_role(&mut parts.headers, &self.primary.current());
+        respond::stamp_write(&mut parts.headers, &permit);
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
         parts.extensions.insert(Arc::clone(&progress));

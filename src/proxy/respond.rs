@@ -9,12 +9,15 @@ use hyper::body::Incoming;
 
 use super::body::{self, ProxyBody};
 use super::errors::ProxyError;
-use super::headers::{self, LITEGATE_PRIMARY, LITEGATE_ROLE, LITEGATE_SERVED_BY, LITEGATE_TERM};
+use super::headers::{
+    self, LITEGATE_LEASE_INDEX, LITEGATE_LEASE_SESSION, LITEGATE_PRIMARY, LITEGATE_ROLE,
+    LITEGATE_SERVED_BY, LITEGATE_TERM,
+};
 use super::upgrade::{self, ClientUpgrade};
 use super::{Outcome, Proxy};
 use crate::consistency;
 use crate::metrics;
-use crate::primary::{PrimaryState, Role};
+use crate::primary::{PrimaryState, Role, WritePermit};
 
 /// Who produced a response litegate relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,21 @@ pub fn relay(
         client_version
     };
     Ok(resp.map(body::stream))
+}
+
+/// Tells the app that this write is passed under `permit`: the term it
+/// was admitted at and, with `[lease]`, the LiteFS lease hold.
+pub fn stamp_write(h: &mut HeaderMap, permit: &WritePermit) {
+    h.insert(LITEGATE_ROLE, HeaderValue::from_static("primary"));
+    h.insert(LITEGATE_TERM, headers::number(permit.term()));
+    if let Some(lease) = permit.lease() {
+        // Session ids are litegate's own hex UUIDs; one that were not a
+        // header value is left out rather than sent mangled.
+        if let Ok(session) = HeaderValue::from_str(&lease.session) {
+            h.insert(LITEGATE_LEASE_SESSION, session);
+            h.insert(LITEGATE_LEASE_INDEX, headers::number(lease.lock_index));
+        }
+    }
 }
 
 /// Tells the app what this node is, so primary-only work can check.
