@@ -9,9 +9,12 @@ without FUSE: test_litefs_lease.py runs the real LiteFS.
 
 from __future__ import annotations
 
+import base64
+import signal
+
 import httpx
 
-from harness import free_port, header_values, start_raft_cluster, wait_for_port, wait_until
+from harness import free_port, header_values, restart, start_raft_cluster, wait_for_port, wait_until
 
 TOKEN = "lease-token-for-tests-0123456789"
 KEY = "litefs/primary"
@@ -83,3 +86,64 @@ def test_only_the_lease_holder_is_primary_and_its_app_gets_the_hold(procs, upstr
     assert r.status_code == 200
     assert header_values(r.json(), "litegate-lease-session") == []
     assert header_values(r.json(), "litegate-lease-index") == []
+
+
+def test_lease_state_survives_snapshot_install_and_a_full_restart(procs, upstream):
+    """Snapshots every 2 entries: a follower down while the lease changed
+    gets the sessions and keys from the snapshot, and a restart of every
+    node keeps them (the holder is still the holder, its session valid)."""
+    lease_ports = {f"node-{i}": free_port() for i in (1, 2, 3)}
+    nodes = start_raft_cluster(
+        procs, [upstream] * 3,
+        extra=f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n',
+        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}",
+                               "LITEGATE_CLUSTER_SNAPSHOT_ENTRIES": "2"},
+    )
+    for n in nodes:
+        wait_for_port(lease_ports[n.name], n.proc)
+    leader = raft_leader(nodes)
+    lagging = next(n for n in nodes if n is not leader)
+    lagging.proc.signal(signal.SIGKILL)
+    lagging.proc.wait(10)
+
+    port = lease_ports[leader.name]
+    session = create_session(port)
+    assert consul(port, "PUT", f"/v1/kv/{KEY}?acquire={session}", '{"hostname":"x"}').text == "true"
+    for i in range(6):
+        assert consul(port, "PUT", f"/v1/kv/{KEY}/extra-{i}", f"v{i}").text == "true"
+    purged = leader.status()["raft"]["purged_index"]
+    assert purged is not None and purged > 2, leader.status()["raft"]
+
+    restart(procs, lagging)
+    wait_until(lambda: (lagging.status()["raft"]["snapshot_index"] or -1) >= purged, 20,
+               "the restarted follower to install the snapshot")
+    holder = lagging.status()["lease"]["holder"]
+    assert (holder["session"], holder["node"]) == (session, leader.name), holder
+    r = consul(lease_ports[lagging.name], "GET", f"/v1/kv/{KEY}/extra-5")
+    assert r.status_code == 200 and base64.b64decode(r.json()[0]["Value"]) == b"v5", r.text
+
+    for n in nodes:
+        n.proc.signal(signal.SIGTERM)
+        n.proc.wait(30)
+    for n in nodes:
+        restart(procs, n)
+    for n in nodes:
+        wait_for_port(lease_ports[n.name], n.proc)
+    holder_seen = {}
+
+    def every_node_names_the_holder() -> bool:
+        holders = [n.status()["lease"]["holder"] for n in nodes]
+        holder_seen["last"] = holders
+        return all(h is not None and h["session"] == session for h in holders)
+
+    wait_until(every_node_names_the_holder, 20, "the lease holder on every restarted node")
+    # The session outlived the restarts: renewed from its holder's node it
+    # is alive (200) while that node leads, and answered 404 once another
+    # node leads (so the holder's LiteFS steps down), never "unknown".
+    new_leader = raft_leader(nodes)
+    holder_node = holder_seen["last"][0]["node"]
+    r = consul(lease_ports[holder_node], "PUT", f"/v1/session/renew/{session}")
+    expected = 200 if new_leader.name == holder_node else 404
+    assert r.status_code == expected, (r.status_code, r.text, new_leader.name, holder_node)
+    if expected == 200:
+        assert r.json()[0]["ID"] == session
