@@ -34,6 +34,15 @@ use crate::shutdown::Shutdown;
 /// (whose HTTP client has no timeout) always gets an answer it can act on.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(900);
 
+/// A renew is confirmed (a read-index round on the leader) within this, or
+/// answered `404`. LiteFS steps down at once on a `404` but keeps a lease
+/// through other errors for up to TTL + 1 s more (its renew loop sleeps a
+/// second before it gives up); a primary cut off from the quorum must stop
+/// before a new leader can expire its session, a full TTL after the new
+/// term began. With this bound it stops within TTL/2 + this of its last
+/// good renew, sooner than that for any TTL from 1 s.
+pub const RENEW_CONFIRMED_WITHIN: Duration = Duration::from_millis(500);
+
 /// How often the leader looks for expired sessions.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
@@ -124,7 +133,13 @@ impl LeaseService {
             // One shared pseudo-node for every LiteFS; nothing to record.
             return Answer::bool(true);
         }
-        let deadline = Instant::now() + ANSWER_WITHIN;
+        let renew = matches!(op, Op::RenewSession(_));
+        let deadline = Instant::now()
+            + if renew {
+                RENEW_CONFIRMED_WITHIN
+            } else {
+                ANSWER_WITHIN
+            };
         let leader = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
@@ -143,10 +158,23 @@ impl LeaseService {
                 ),
             }
         };
-        match tokio::time::timeout_at(deadline.into(), work).await {
+        let answer = match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(answer) => answer,
             Err(_) => Answer::error(500, "no answer from litegate's Raft leader in time"),
+        };
+        if renew && answer.status != 200 && answer.status != 404 {
+            // Nobody can vouch for the lease now: the holder must stop
+            // being primary at once, not a TTL + 1 s later (see
+            // RENEW_CONFIRMED_WITHIN).
+            return Answer::error(
+                404,
+                format!(
+                    "Session not renewed: litegate's Raft cannot confirm it now ({})",
+                    answer.body.trim()
+                ),
+            );
         }
+        answer
     }
 
     #[allow(clippy::too_many_arguments)]
