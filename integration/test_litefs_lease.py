@@ -272,6 +272,7 @@ def test_graceful_handoff_fails_no_write(lease_cluster):
                 i += 1
                 time.sleep(0.02)
 
+    session = old.gate.status()["lease"]["holder"]["session"]
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     try:
@@ -281,6 +282,11 @@ def test_graceful_handoff_fails_no_write(lease_cluster):
             capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stdout + out.stderr
         wait_until(lambda: primaries(nodes) == [target.name], timeout=20, what="LiteFS primary on the target")
+        # LiteFS's own handoff moved the lease: the target's LiteFS took the
+        # old holder's session over, rather than the old holder stepping down
+        # at its next renew and the target acquiring with a new session.
+        holder = target.gate.status()["lease"]["holder"]
+        assert (holder["node"], holder["session"]) == (target.name, session), holder
         time.sleep(1)
     finally:
         stop.set()

@@ -26,7 +26,8 @@ use crate::litefs::{self, Watcher};
 use crate::metrics;
 use crate::primary::app_aware::AppWatch;
 use crate::primary::{
-    DevPrimary, LitefsLease, PrimarySource, RaftLeadership, RaftLease, Role, StaticPrimary,
+    DevPrimary, HandoffStep, LitefsLease, PrimarySource, RaftLeadership, RaftLease, Role,
+    StaticPrimary,
 };
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::health::UpstreamHealth;
@@ -309,6 +310,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         &stop,
     )
     .await?;
+    if let (Some(service), PrimarySource::RaftLease(routing)) = (&lease, &*source) {
+        routing
+            .leadership()
+            .add_handoff_step(Arc::clone(service) as Arc<dyn HandoffStep>);
+    }
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         node = %me,

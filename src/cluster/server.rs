@@ -78,6 +78,7 @@ impl Handler for ClusterService {
                 }
             }
             (&Method::POST, crate::lease::service::FORWARD_PATH) => self.lease_call(req).await,
+            (&Method::POST, crate::lease::handoff::PROMOTE_PATH) => self.lease_promote().await,
             (_, path) if path.starts_with("/_litegate/") => {
                 body::text_response(StatusCode::NOT_FOUND, "no such cluster endpoint\n")
             }
@@ -104,6 +105,21 @@ impl ClusterService {
         match serde_json::from_slice(&bytes) {
             Ok(call) => body::json_response(StatusCode::OK, &lease.answer_forwarded(call).await),
             Err(e) => body::text_response(StatusCode::BAD_REQUEST, format!("lease call: {e}\n")),
+        }
+    }
+
+    /// The leader hands the lease to this node: its LiteFS is asked to
+    /// take it over (`lease::handoff`).
+    async fn lease_promote(&self) -> Response<ProxyBody> {
+        let Some(lease) = &self.lease else {
+            return body::text_response(
+                StatusCode::NOT_FOUND,
+                "this node serves no LiteFS lease: set lease.listen on every node\n",
+            );
+        };
+        match lease.promote_local_litefs().await {
+            Ok(()) => body::text_response(StatusCode::OK, "LiteFS is taking the lease over\n"),
+            Err(error) => body::text_response(StatusCode::BAD_GATEWAY, format!("{error}\n")),
         }
     }
 

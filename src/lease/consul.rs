@@ -49,6 +49,10 @@ pub struct Answer {
     pub body: String,
     /// Consul's `X-Consul-Index`.
     pub index: Option<u64>,
+    /// Not answered because the leadership moved (an election, a
+    /// handoff): worth asking the new leader within the call's bound.
+    #[serde(default)]
+    pub leader_moved: bool,
 }
 
 impl Answer {
@@ -57,6 +61,7 @@ impl Answer {
             status: 200,
             body: value.to_string(),
             index,
+            leader_moved: false,
         }
     }
 
@@ -65,6 +70,7 @@ impl Answer {
             status: 200,
             body: value.to_string(),
             index: None,
+            leader_moved: false,
         }
     }
 
@@ -75,6 +81,15 @@ impl Answer {
             status,
             body,
             index: None,
+            leader_moved: false,
+        }
+    }
+
+    /// A `500` because this node no longer leads (or no leader is known).
+    pub fn leader_moved(message: impl Into<String>) -> Self {
+        Self {
+            leader_moved: true,
+            ..Self::error(500, message)
         }
     }
 }

@@ -9,8 +9,10 @@
 //! - [`consul`]: the HTTP calls, parsed and rendered.
 //! - [`service`]: the leader executes, followers forward; TTL timers.
 //! - [`listener`]: the loopback listener and its token.
+//! - [`handoff`]: LiteFS's own handoff inside `litegate handoff`.
 
 pub mod consul;
+pub mod handoff;
 pub mod listener;
 pub mod machine;
 pub mod service;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -28,6 +28,7 @@ use super::state::{LeaseCommand, Session};
 use crate::cluster::client::PeerClient;
 use crate::cluster::raft::{Command, LitegateRaft};
 use crate::config::Config;
+use crate::litefs::api as litefs_api;
 use crate::shutdown::Shutdown;
 
 /// Every request is answered within this, forwarded or not, so LiteFS
@@ -79,6 +80,12 @@ pub struct LeaseService {
     key: String,
     timers: Mutex<Timers>,
     session_seq: AtomicU64,
+    /// On the leader during `litegate handoff`: the node whose LiteFS may
+    /// renew and re-acquire the holder's session (LiteFS's own handoff)
+    /// although it does not lead yet, and until when.
+    handing_to: Mutex<Option<(u64, Instant)>>,
+    litefs: litefs_api::ApiClient,
+    litefs_api: Option<http::Uri>,
 }
 
 impl std::fmt::Debug for LeaseService {
@@ -108,6 +115,9 @@ impl LeaseService {
             key: config.lease.key.clone(),
             timers: Mutex::new(Timers::default()),
             session_seq: AtomicU64::new(0),
+            handing_to: Mutex::new(None),
+            litefs: litefs_api::client(),
+            litefs_api: config.litefs.api.parse().ok(),
         })
     }
 
@@ -140,22 +150,28 @@ impl LeaseService {
             } else {
                 ANSWER_WITHIN
             };
-        let leader = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            (m.state == ServerState::Leader, m.current_leader)
-        };
         let work = async {
-            match leader {
-                (true, _) => self.execute(op, origin).await,
-                (false, Some(id)) if id != self.me => {
-                    self.forward(id, method, path, query, body, origin, deadline)
-                        .await
+            // Asked again only while the leadership is moving, and only
+            // within the bound; every call is safe to repeat (a session
+            // created twice leaves one to expire unused).
+            let mut moved_from = None;
+            loop {
+                let leader = self.leader_by(deadline, moved_from).await;
+                let answer = match leader {
+                    Some(id) if id == self.me => self.execute(op.clone(), origin).await,
+                    Some(id) => {
+                        self.forward(id, method, path, query, body, origin, deadline)
+                            .await
+                    }
+                    None => Answer::error(
+                        500,
+                        "No cluster leader: litegate's Raft has no leader right now",
+                    ),
+                };
+                if !answer.leader_moved || Instant::now() >= deadline {
+                    return answer;
                 }
-                _ => Answer::error(
-                    500,
-                    "No cluster leader: litegate's Raft has no leader right now",
-                ),
+                moved_from = leader;
             }
         };
         let answer = match tokio::time::timeout_at(deadline.into(), work).await {
@@ -175,6 +191,31 @@ impl LeaseService {
             );
         }
         answer
+    }
+
+    /// The Raft leader other than `not` (one that just said it no longer
+    /// leads), waiting for an election under way to end (a handoff's, say)
+    /// until `deadline`: LiteFS gives its new lease up if the call right
+    /// after it took it fails.
+    async fn leader_by(&self, deadline: Instant, not: Option<u64>) -> Option<u64> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_watched();
+                let leader = if m.state == ServerState::Leader {
+                    Some(self.me)
+                } else {
+                    m.current_leader.filter(|id| *id != self.me)
+                };
+                if leader.is_some() && leader != not {
+                    return leader;
+                }
+            }
+            match tokio::time::timeout_at(deadline.into(), metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -237,8 +278,7 @@ impl LeaseService {
         };
         if !leader {
             // One hop only: a follower's view of the leader was stale.
-            return Answer::error(
-                500,
+            return Answer::leader_moved(
                 "No cluster leader: this node is no longer litegate's Raft leader",
             );
         }
@@ -302,7 +342,7 @@ impl LeaseService {
                 match found {
                     // LiteFS on a node that no longer leads must give up the
                     // lease: a 404 makes it step down at once.
-                    Some((_, true)) if origin != self.me => Answer::error(
+                    Some((_, true)) if origin != self.me && !self.is_handoff_target(origin) => Answer::error(
                         404,
                         format!("Session id '{id}' not found: its lock is only renewed from litegate's Raft leader's node"),
                     ),
@@ -334,6 +374,7 @@ impl LeaseService {
                         status: 404,
                         body: String::new(),
                         index: Some(index),
+                        leader_moved: false,
                     },
                 }
             }
@@ -357,7 +398,8 @@ impl LeaseService {
                 if !known {
                     return Answer::error(500, format!("invalid session \"{session}\""));
                 }
-                if delayed || origin != self.me {
+                let handoff = origin != self.me && self.is_handoff_target(origin);
+                if delayed || (origin != self.me && !handoff) {
                     return Answer::bool(false);
                 }
                 let granted = self
@@ -367,6 +409,7 @@ impl LeaseService {
                         session: session.clone(),
                         origin,
                         leader: self.me,
+                        handoff,
                     })
                     .await;
                 if matches!(granted, Ok(true)) {
@@ -394,7 +437,10 @@ impl LeaseService {
             .client_write(Command::Lease(command))
             .await
             .map(|r| r.data)
-            .map_err(|e| Answer::error(500, format!("No cluster leader: {e}")))
+            .map_err(|e| match e.forward_to_leader() {
+                Some(_) => Answer::leader_moved(format!("No cluster leader: {e}")),
+                None => Answer::error(500, format!("No cluster leader: {e}")),
+            })
     }
 
     /// Confirms with a quorum that this node still leads, and waits until
@@ -404,7 +450,73 @@ impl LeaseService {
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
             .map(|_| ())
-            .map_err(|e| Answer::error(500, format!("No cluster leader: {e}")))
+            .map_err(|e| match e.forward_to_leader() {
+                Some(_) => Answer::leader_moved(format!("No cluster leader: {e}")),
+                None => Answer::error(500, format!("No cluster leader: {e}")),
+            })
+    }
+
+    /// Whether `node` is the target of this leader's handoff under way.
+    fn is_handoff_target(&self, node: u64) -> bool {
+        let window = self
+            .handing_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        matches!(*window, Some((target, until)) if target == node && Instant::now() < until)
+    }
+
+    /// Lets `target`'s LiteFS take the lease over with the holder's
+    /// session until `until` or [`Self::close_handoff`].
+    pub(super) fn open_handoff(&self, target: u64, until: Instant) {
+        *self
+            .handing_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((target, until));
+    }
+
+    pub(super) fn close_handoff(&self) {
+        *self
+            .handing_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    pub(super) fn me(&self) -> u64 {
+        self.me
+    }
+
+    /// A cluster call to `node` (the handoff's request to its target).
+    pub(super) async fn call_peer(
+        &self,
+        node: u64,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let addr = self
+            .cluster_addrs
+            .get(&node)
+            .ok_or_else(|| format!("node {node} is not in cluster.peers"))?;
+        match self
+            .client
+            .call(addr, Method::POST, path, &[], Vec::new(), timeout)
+            .await
+        {
+            Ok((status, _)) if status.is_success() => Ok(()),
+            Ok((status, reply)) => Err(format!(
+                "{status} {}",
+                String::from_utf8_lossy(&reply).trim()
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Asks this node's LiteFS to take the lease over from the primary
+    /// (`POST /promote`): the target's side of a handoff.
+    pub async fn promote_local_litefs(&self) -> Result<(), String> {
+        let Some(api) = &self.litefs_api else {
+            return Err("litefs.api is not a URL".into());
+        };
+        litefs_api::promote(&self.litefs, api).await
     }
 
     fn new_session_id(&self) -> String {
@@ -916,6 +1028,77 @@ mod tests {
             );
         }
         assert_eq!(n.get("k").await.unwrap()["Session"], json!(s1));
+        n.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_handoff_target_takes_the_holders_session_over_while_the_handoff_runs() {
+        let n = one_node("handoff").await;
+        let s1 = n.session("10s", "0s").await;
+        let s2 = n.session("10s", "0s").await;
+        let acquire = |session: &str| format!("acquire={session}");
+        let renew = |session: &str| format!("/v1/session/renew/{session}");
+        assert_eq!(
+            n.call("PUT", "/v1/kv/k", Some(&acquire(&s1)), "n1", 1)
+                .await
+                .body,
+            "true"
+        );
+        // Node 2 does not lead: without a handoff it can neither renew the
+        // holder's session nor take the key.
+        assert_eq!(n.call("PUT", &renew(&s1), None, "", 2).await.status, 404);
+        assert_eq!(
+            n.call("PUT", "/v1/kv/k", Some(&acquire(&s1)), "n2", 2)
+                .await
+                .body,
+            "false"
+        );
+
+        n.service
+            .open_handoff(2, Instant::now() + Duration::from_secs(10));
+        assert_eq!(n.call("PUT", &renew(&s1), None, "", 3).await.status, 404);
+        assert_eq!(
+            n.call("PUT", "/v1/kv/k", Some(&acquire(&s2)), "n2", 2)
+                .await
+                .body,
+            "false",
+            "only with the holder's own session"
+        );
+        assert_eq!(n.call("PUT", &renew(&s1), None, "", 2).await.status, 200);
+        assert_eq!(
+            n.call("PUT", "/v1/kv/k", Some(&acquire(&s1)), "n2", 2)
+                .await
+                .body,
+            "true"
+        );
+        let holder = n
+            .service
+            .machine()
+            .read(|t| t.holder("k").map(|(s, _)| (s.owner, s.id.clone())));
+        assert_eq!(holder, Some((2, s1.clone())));
+
+        n.service.close_handoff();
+        assert_eq!(
+            n.call("PUT", &renew(&s1), None, "", 2).await.status,
+            404,
+            "the target renews from its own node once it leads, not before"
+        );
+        n.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handoff_window_closes_by_itself() {
+        let n = one_node("window").await;
+        let s1 = n.session("10s", "0s").await;
+        n.call("PUT", "/v1/kv/k", Some(&format!("acquire={s1}")), "n1", 1)
+            .await;
+        n.service.open_handoff(2, Instant::now());
+        assert_eq!(
+            n.call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 2)
+                .await
+                .status,
+            404
+        );
         n.finish().await;
     }
 

@@ -65,13 +65,18 @@ pub enum LeaseCommand {
     },
     /// `origin` is the node whose LiteFS asked, `leader` the node that
     /// proposed the entry: the lock is granted only where they are equal,
-    /// so LiteFS's primary is always on the node that led when it got it.
+    /// so LiteFS's primary is always on the node that led when it got it —
+    /// or, with `handoff`, to the leader's handoff target re-acquiring with
+    /// the holder's own session (LiteFS's handoff), just before leadership
+    /// follows it.
     Acquire {
         key: String,
         value: Vec<u8>,
         session: String,
         origin: u64,
         leader: u64,
+        #[serde(default)]
+        handoff: bool,
     },
     Release {
         key: String,
@@ -133,8 +138,12 @@ impl LeaseTable {
                 session,
                 origin,
                 leader,
+                handoff,
             } => {
-                if origin != leader {
+                let takes_over_the_holders_session = handoff
+                    && self.state.kv.get(&key).and_then(|e| e.session.as_deref())
+                        == Some(session.as_str());
+                if origin != leader && !takes_over_the_holders_session {
                     return false;
                 }
                 let Some(owner) = self.state.sessions.get_mut(&session) else {
@@ -266,6 +275,7 @@ mod tests {
             session: session.into(),
             origin,
             leader: 1,
+            handoff: false,
         }
     }
 
@@ -359,6 +369,40 @@ mod tests {
             "no such session"
         );
         assert!(t.apply(acquire("k", "n1", "s1", 1), 4, now));
+    }
+
+    #[test]
+    fn a_handoff_target_takes_over_only_the_holders_own_session() {
+        let now = Instant::now();
+        let mut t = LeaseTable::default();
+        t.apply(LeaseCommand::CreateSession(session("s1", 0)), 1, now);
+        t.apply(LeaseCommand::CreateSession(session("s2", 0)), 2, now);
+        let handed = |key: &str, session: &str| LeaseCommand::Acquire {
+            key: key.into(),
+            value: b"n2".to_vec(),
+            session: session.into(),
+            origin: 2,
+            leader: 1,
+            handoff: true,
+        };
+        assert!(!t.apply(handed("k", "s1"), 3, now), "nobody holds k yet");
+        assert!(t.apply(acquire("k", "n1", "s1", 1), 4, now));
+        assert!(
+            !t.apply(handed("k", "s2"), 5, now),
+            "not the holder's session"
+        );
+        assert!(t.apply(handed("k", "s1"), 6, now));
+        let e = &t.state.kv["k"];
+        assert_eq!((e.lock_index, e.value.as_slice()), (1, &b"n2"[..]));
+        let (holder, _) = t.holder("k").unwrap();
+        assert_eq!(holder.owner, 2, "the lease is the target's now");
+    }
+
+    #[test]
+    fn an_acquire_logged_before_handoffs_existed_still_reads() {
+        let old = r#"{"Acquire":{"key":"k","value":[110],"session":"s1","origin":1,"leader":1}}"#;
+        let command: LeaseCommand = serde_json::from_str(old).unwrap();
+        assert_eq!(command, acquire("k", "n", "s1", 1));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! LiteFS's HTTP API: `/info` and the `/events` stream.
+//! LiteFS's HTTP API: `/info`, the `/events` stream, and `/promote` (a
+//! replica asks the primary to hand it the lease).
 //!
 //! Every call is bounded by [`CALL_TIMEOUT`]: a LiteFS that accepts a
 //! connection and never answers must not freeze what this node believes
@@ -10,6 +11,7 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -19,6 +21,12 @@ use std::time::Duration;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type ApiClient = Client<HttpConnector, Empty<bytes::Bytes>>;
+
+pub fn client() -> ApiClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build_http()
+}
 
 /// `GET /info` (LiteFS's `NodeInfo`).
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +108,29 @@ pub async fn events(client: &ApiClient, api: &Uri) -> Result<EventReader, String
     })
 }
 
+/// `POST /promote` on a replica: it asks its primary to hand the lease
+/// over (LiteFS's own handoff, through its replication stream). Success
+/// means the primary accepted; the lease moves a moment later.
+pub async fn promote(client: &ApiClient, api: &Uri) -> Result<(), String> {
+    let call = async {
+        let resp = send(client, api, http::Method::POST, "/promote").await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let status = resp.status();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+            .unwrap_or_default();
+        Err(format!("LiteFS answered {status} to /promote: {text}"))
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| timed_out("/promote"))?
+}
+
 fn timed_out(path: &str) -> String {
     format!(
         "LiteFS API did not answer {path} within {}",
@@ -112,20 +143,31 @@ async fn get(
     api: &Uri,
     path: &str,
 ) -> Result<http::Response<Incoming>, String> {
-    let uri: Uri = format!("{}{path}", api.to_string().trim_end_matches('/'))
-        .parse()
-        .map_err(|e| format!("bad LiteFS API URL: {e}"))?;
-    let req = Request::get(uri)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("LiteFS API unreachable: {e}"))?;
+    let resp = send(client, api, http::Method::GET, path).await?;
     if !resp.status().is_success() {
         return Err(format!("LiteFS API answered {} to {path}", resp.status()));
     }
     Ok(resp)
+}
+
+async fn send(
+    client: &ApiClient,
+    api: &Uri,
+    method: http::Method,
+    path: &str,
+) -> Result<http::Response<Incoming>, String> {
+    let uri: Uri = format!("{}{path}", api.to_string().trim_end_matches('/'))
+        .parse()
+        .map_err(|e| format!("bad LiteFS API URL: {e}"))?;
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    client
+        .request(req)
+        .await
+        .map_err(|e| format!("LiteFS API unreachable: {e}"))
 }
 
 pub struct EventReader {

@@ -1,8 +1,9 @@
 //! Talking to LiteFS through its documented interface: the HTTP API
 //! (`GET /info`, the `GET /events` stream of newline-delimited JSON) and the
-//! files in its FUSE mount (`.primary`, `<db>-pos`).
+//! files in its FUSE mount (`.primary`, `<db>-pos`); `POST /promote` for a
+//! handoff.
 
-mod api;
+pub mod api;
 mod watcher;
 
 use std::io;

@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::api::{self, Event};
 use crate::consistency::Position;
@@ -55,9 +53,7 @@ pub fn spawn(
     mut shutdown: Shutdown,
 ) {
     tokio::spawn(async move {
-        let client: api::ApiClient = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build_http();
+        let client = api::client();
         loop {
             let followed = follow(&client, &api, &db, lease.as_deref(), position.as_deref());
             tokio::select! {

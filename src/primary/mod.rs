@@ -23,7 +23,7 @@ use tokio::sync::watch;
 pub use dev::DevPrimary;
 pub use litefs_lease::LitefsLease;
 pub use permit::WritePermit;
-pub use raft::RaftLeadership;
+pub use raft::{HandoffStep, RaftLeadership};
 pub use raft_lease::RaftLease;
 pub use static_primary::{Epoch, EpochState, PromoteError, StaticPrimary, Vote};
 use write_gate::GatePass;

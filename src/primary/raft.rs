@@ -35,6 +35,8 @@
 //! up-to-date app node; the held writes then go to the new leader. A
 //! witness never routes writes: if it is elected it hands off at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -59,6 +61,15 @@ use crate::shutdown::Shutdown;
 /// moves leadership anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
+/// Work a handoff does after the writes drained and before Raft
+/// leadership moves: with `[lease]`, LiteFS's own handoff
+/// (`lease::handoff`). It cannot fail the handoff, only speed it up.
+pub trait HandoffStep: Send + Sync {
+    fn before_transfer(&self, target: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// After the transfer ended, moved or not.
+    fn after_transfer(&self);
+}
+
 pub struct RaftLeadership {
     raft: LitegateRaft,
     publisher: LeadershipPublisher,
@@ -75,6 +86,7 @@ pub struct RaftLeadership {
     /// The term this leader last handed off in because its app was down.
     app_handoff_term: AtomicU64,
     standing: Arc<Standing>,
+    handoff_step: OnceLock<Arc<dyn HandoffStep>>,
 }
 
 impl std::fmt::Debug for RaftLeadership {
@@ -135,6 +147,7 @@ impl RaftLeadership {
             app_down: Mutex::new(DownClock::default()),
             app_handoff_term: AtomicU64::new(0),
             standing,
+            handoff_step: OnceLock::new(),
         })
     }
 
@@ -151,6 +164,11 @@ impl RaftLeadership {
 
     pub fn watch(&self) -> PrimaryWatch {
         self.publisher.cell().watch()
+    }
+
+    /// Adds a step to every handoff from here on (set once).
+    pub fn add_handoff_step(&self, step: Arc<dyn HandoffStep>) {
+        let _ = self.handoff_step.set(step);
     }
 
     /// Makes leadership app-aware (app nodes only; see [`app_aware`]).
@@ -370,6 +388,23 @@ impl RaftLeadership {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let step = self.handoff_step.get().cloned();
+        if let Some(step) = &step {
+            step.before_transfer(target).await;
+        }
+        let moved = self.move_leadership(target, name, term).await;
+        if let Some(step) = &step {
+            step.after_transfer();
+        }
+        moved
+    }
+
+    async fn move_leadership(
+        &self,
+        target: u64,
+        name: &str,
+        term: u64,
+    ) -> Result<(), HandoffError> {
         tracing::info!(to = name, term, "handing leadership off");
         self.raft
             .trigger()
