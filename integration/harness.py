@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import hmac
+import json
 import os
 import random
 import secrets
@@ -529,8 +530,6 @@ def nsenter(netns: str | None) -> list[str]:
 def netns_address(netns: str) -> str:
     """The IPv4 address of namespace `netns` on the test network (not
     loopback), as `ip -n NETNS -j addr` reports it."""
-    import json
-
     out = subprocess.run(["ip", "-n", netns, "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=15)
     if out.returncode != 0:
         raise RuntimeError(f"ip -n {netns} addr: {out.stderr.strip()}")

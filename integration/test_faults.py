@@ -54,7 +54,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time

@@ -8,25 +8,32 @@ switch; each node's LiteFS API, app and lease listener stay on its
 namespace's loopback. Clients live in the hub, so they reach exactly the
 nodes the switch connects them to.
 
-The test unplugs the primary's port. Packets are then dropped silently both
-ways, so connections hang, as on a real network. Meanwhile one poller per
-node, inside that node's namespace, samples its LiteFS's `GET /info`
-`isPrimary` every 30 ms, stamped with CLOCK_MONOTONIC (which every process
-on this machine shares, namespaces included). Writers in the hub write
-through every node they can reach, and each app appends every note it
-commits to a write log outside the FUSE mount (APP_WRITE_LOG), which
-survives the database the old primary loses when it rejoins.
+The test unplugs the primary's port for PARTITION_HOLD seconds. Packets are
+then dropped silently both ways, so connections hang, as on a real network.
+Meanwhile one poller per node, inside that node's namespace, samples its
+LiteFS's `GET /info` `isPrimary` every 30 ms, stamped with CLOCK_MONOTONIC
+(which every process on this machine shares, namespaces included).
+Writers in the hub write through every node they can reach (the majority,
+once the primary is cut off), and each app appends every note it commits
+to a write log outside the FUSE mount (APP_WRITE_LOG), which survives the
+database the old primary replaces when it rejoins.
 
-It checks that:
+What happens (docs/litefs.md "LiteFS without Consul"): the cut-off LiteFS
+steps down about a TTL after its last renew and the majority elects a Raft
+leader, but the majority's LiteFS replicas only look at the lease once
+their replication stream from the old primary breaks, which behind a
+silent partition is at the heal (or after minutes of TCP keepalive). So
+the successor usually takes over after the heal; the test says which in
+its summary line (pytest -s) and checks that:
 
-- two LiteFS never said isPrimary at overlapping times, and the old
-  primary's last `true` came before the new one's first;
-- a node of the majority became primary (so the test cannot pass without
-  a failover);
-- writes through the majority were acknowledged after the failover;
+- two LiteFS never said isPrimary at overlapping times, and the cut-off
+  one's last `true` came before its successor's first;
+- the cut-off LiteFS stepped down, the majority elected a Raft leader, and
+  a LiteFS became primary again afterwards, with writes acknowledged by it
+  (so the test cannot pass without a change of primary);
 - every acknowledged write is in every node's database after healing;
-- no app committed any write twice, and the old primary's app committed
-  nothing once the new primary had taken over.
+- no app committed any write twice, and the cut-off primary's app
+  committed nothing after its LiteFS stepped down.
 
 Needs what test_litefs_lease.py needs, plus root with `ip` (iproute2) and
 `nsenter` (util-linux) to make network namespaces; skips saying which is
