@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import hmac
+import json
 import os
 import random
 import secrets
@@ -137,8 +138,9 @@ class Procs:
         wait_for_port(port, proc)
         return proc, f"http://127.0.0.1:{port}"
 
-    def litegate(self, name: str, args: list[str], env: dict | None = None) -> Proc:
-        return self.start(name, [str(litegate_bin()), *args], env=env)
+    def litegate(self, name: str, args: list[str], env: dict | None = None, prefix: list[str] | None = None) -> Proc:
+        """`prefix` runs it under another command (e.g. nsenter)."""
+        return self.start(name, [*(prefix or []), str(litegate_bin()), *args], env=env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):
@@ -210,9 +212,14 @@ class ClusterNode(Node):
         self.cluster_port = cluster_port
         self.config_path = config_path
         self.env = env
+        # The network namespace it runs in (None: this one) and the address
+        # the other nodes reach it at.
+        self.netns: str | None = None
+        self.host = "127.0.0.1"
 
     def status(self) -> dict:
-        return httpx.get(f"{self.admin}/status", timeout=5).json()
+        """/status from the admin listener, on its namespace's loopback."""
+        return run_in_netns(self.netns, lambda: httpx.get(f"{self.admin}/status", timeout=5).json())
 
 
 def write_secret(directory: Path, name: str = "cluster.secret", secret: str = "s3cret-for-tests-0123456789abcdef") -> Path:
@@ -240,12 +247,19 @@ def cluster_config(
     extra: str = "",
     tls: dict | None = None,
     mode: str = "static",
+    cluster_lines: str = "",
 ) -> str:
+    """A node spec's `host` (default 127.0.0.1) is the address its cluster
+    listener binds and the others reach it and its public listener at;
+    `cluster_lines` go into [cluster]."""
+    def host(n: dict) -> str:
+        return n.get("host", "127.0.0.1")
+
     def peer(n: dict) -> str:
         if n.get("witness"):
-            return f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n["cluster_port"]}", witness = true }}'
-        return (f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "127.0.0.1:{n.get("reached_at", n["cluster_port"])}", '
-                f'public_url = "http://127.0.0.1:{n["public_port"]}" }}')
+            return f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "{host(n)}:{n["cluster_port"]}", witness = true }}'
+        return (f'{{ id = {n["id"]}, name = "{n["name"]}", cluster = "{host(n)}:{n.get("reached_at", n["cluster_port"])}", '
+                f'public_url = "http://{host(n)}:{n["public_port"]}" }}')
 
     peers = ",\n  ".join(peer(n) for n in nodes)
     if mode == "raft":
@@ -260,7 +274,8 @@ def cluster_config(
         f'[node]\nid = {me["id"]}\nname = "{me["name"]}"\n{node_extra}\n'
         f'{upstream}'
         f'{primary}'
-        f'[cluster]\nlisten = "127.0.0.1:{me["cluster_port"]}"\ndata_dir = "{data_dir}"\n{secret_line}{tls_lines}'
+        f'[cluster]\nlisten = "{host(me)}:{me["cluster_port"]}"\ndata_dir = "{data_dir}"\n{secret_line}{tls_lines}'
+        f'{cluster_lines}'
         f"peers = [\n  {peers},\n]\n\n{extra}"
     )
 
@@ -305,6 +320,8 @@ def start_raft_cluster(
     node_env=None,
     edit_config=None,
     reached_at: dict[str, int] | None = None,
+    netns: dict[str, str] | None = None,
+    cluster_lines: str = "",
 ) -> list[ClusterNode]:
     """One litegate per upstream plus `witnesses` witness nodes (no app),
     all in primary.mode = "raft"; node-1 bootstraps the cluster
@@ -313,7 +330,13 @@ def start_raft_cluster(
     (e.g. LITEGATE_HOOKS_* overrides) per node; `edit_config(name, text)`
     returns the config text a node is started with (e.g. one node that
     cannot reach another). `reached_at` maps a node name to the port the
-    others reach its cluster listener at (a proxy)."""
+    others reach its cluster listener at (a proxy). `netns` maps a node
+    name to the network namespace (under /run/netns) it runs in, entered
+    with nsenter (network only, so it shares this mount namespace): its
+    cluster listener then binds the namespace's own address
+    (`netns_address(name)`), and its public listener every address, for
+    the others to reach; the admin listener stays on the namespace's
+    loopback. `cluster_lines` go into each node's [cluster]."""
     secret_file = write_secret(procs.log_dir)
     specs = [
         {"id": i + 1, "name": f"node-{i + 1}", "upstream": up, "public_port": free_port(),
@@ -323,6 +346,9 @@ def start_raft_cluster(
     for spec in specs:
         if reached_at and spec["name"] in reached_at:
             spec["reached_at"] = reached_at[spec["name"]]
+        if netns and spec["name"] in netns:
+            spec["netns"] = netns[spec["name"]]
+            spec["host"] = netns_address(spec["netns"])
     for w in range(witnesses):
         specs.append({"id": len(specs) + 1, "name": f"witness-{w + 1}", "witness": True, "upstream": None,
                       "public_port": free_port(), "admin_port": free_port(), "cluster_port": free_port()})
@@ -330,22 +356,25 @@ def start_raft_cluster(
     for spec in specs:
         data_dir = procs.log_dir / f"{spec['name']}-data"
         path = procs.log_dir / f"{spec['name']}.toml"
-        text = cluster_config(specs, spec, data_dir, secret_file, extra, mode="raft")
+        text = cluster_config(specs, spec, data_dir, secret_file, extra, mode="raft", cluster_lines=cluster_lines)
         path.write_text(edit_config(spec["name"], text) if edit_config else text)
-        env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{spec['public_port']}",
+        public_host = "0.0.0.0" if "netns" in spec else "127.0.0.1"
+        env = {"LITEGATE_PUBLIC_LISTEN": f"{public_host}:{spec['public_port']}",
                "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{spec['admin_port']}",
                **(node_env(spec["name"]) if node_env else {})}
         args = ["run", "--config", str(path)]
         if bootstrap == "all" or (bootstrap and spec["id"] == 1):
             args.append("--bootstrap")
-        proc = procs.litegate(spec["name"], args, env=env)
+        proc = procs.litegate(spec["name"], args, env=env, prefix=nsenter(spec.get("netns")))
         node = ClusterNode(proc, spec["public_port"], spec["admin_port"], spec["name"], spec["cluster_port"],
                            path, env)
         node.witness = bool(spec.get("witness"))
+        node.netns = spec.get("netns")
+        node.host = spec.get("host", "127.0.0.1")
         nodes.append(node)
     for node in nodes:
-        wait_for_port(node.admin_port if node.witness else node.public_port, node.proc)
-        wait_for_port(node.cluster_port, node.proc)
+        wait_for_port_in(node.netns, node.admin_port if node.witness else node.public_port, node.proc)
+        wait_for_port_in(node.netns, node.cluster_port, node.proc, host=node.host)
     return nodes
 
 
@@ -374,8 +403,9 @@ def leader_of(nodes: list[ClusterNode], timeout: float = 15.0) -> ClusterNode:
 
 def restart(procs: Procs, node: ClusterNode) -> None:
     """Starts a stopped node again with the same config and data dir."""
-    node.proc = procs.litegate(node.name + "-again", ["run", "--config", str(node.config_path)], env=node.env)
-    wait_for_port(node.admin_port if getattr(node, "witness", False) else node.public_port, node.proc)
+    node.proc = procs.litegate(node.name + "-again", ["run", "--config", str(node.config_path)], env=node.env,
+                               prefix=nsenter(node.netns))
+    wait_for_port_in(node.netns, node.admin_port if getattr(node, "witness", False) else node.public_port, node.proc)
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -462,34 +492,83 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def connect_in_netns(netns: str | None, port: int, timeout: float = 2.0) -> socket.socket:
-    """A TCP connection to 127.0.0.1:port inside `netns` (None: here). A
-    socket belongs to the namespace of the thread that created it, and
+def run_in_netns(netns: str | None, fn, timeout: float = 10.0):
+    """fn() run with its sockets in network namespace `netns` (None: here).
+    A socket belongs to the namespace of the thread that created it, and
     setns(CLONE_NEWNET) moves only the calling thread, so a short-lived
-    thread joins the namespace, connects, and ends."""
+    thread joins the namespace, runs fn, and ends. fn's exception is
+    raised here; a thread still running after `timeout` is an OSError."""
     if netns is None:
-        return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        return fn()
     result: dict = {}
 
     def run() -> None:
         try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result["sock"] = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        except OSError as e:
+            enter_netns(netns)
+            result["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread
             result["error"] = e
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    t.join(timeout + 5)
-    if "sock" in result:
-        return result["sock"]
-    raise result.get("error") or OSError(f"connecting into {netns} did not finish")
+    t.join(timeout)
+    if "error" in result:
+        raise result["error"]
+    if "value" in result:
+        return result["value"]
+    raise OSError(f"running in {netns} did not finish within {timeout}s")
+
+
+def nsenter(netns: str | None) -> list[str]:
+    """The command prefix that runs a program in network namespace `netns`
+    (None: here) and nothing else: unlike `ip netns exec`, nsenter --net
+    keeps this mount namespace, so a FUSE mount made inside is seen
+    outside (by the app, by cleanup)."""
+    return [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
+
+
+def netns_address(netns: str) -> str:
+    """The IPv4 address of namespace `netns` on the test network (not
+    loopback), as `ip -n NETNS -j addr` reports it."""
+    out = subprocess.run(["ip", "-n", netns, "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=15)
+    if out.returncode != 0:
+        raise RuntimeError(f"ip -n {netns} addr: {out.stderr.strip()}")
+    for link in json.loads(out.stdout):
+        for a in link.get("addr_info", []):
+            if not a["local"].startswith("127."):
+                return a["local"]
+    raise RuntimeError(f"namespace {netns} has no address but loopback")
+
+
+def enter_netns(netns: str) -> None:
+    """Moves the calling thread (only) into network namespace `netns`."""
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def connect_in_netns(netns: str | None, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to host:port inside `netns` (None: here)."""
+    return run_in_netns(netns, lambda: socket.create_connection((host, port), timeout=timeout), timeout + 5)
+
+
+def wait_for_port_in(netns: str | None, port: int, proc: Proc, timeout: float = 15.0,
+                     host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()}")
+        try:
+            connect_in_netns(netns, port, timeout=0.5, host=host).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} in {netns or 'this namespace'} after {timeout}s:\n"
+                       f"{proc.output()}")
 
 
 class TcpRelay:

@@ -53,9 +53,7 @@ import collections
 import json
 import os
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -67,12 +65,13 @@ from harness import (
     Proc,
     Procs,
     TcpRelay,
-    connect_in_netns,
     free_port,
     litegate_bin,
+    wait_for_port_in,
     wait_until,
     write_secret,
 )
+from netns import ip, netns_unusable
 
 WRITE_APP = INTEGRATION / "fixtures" / "write_app.py"
 NODES = 3
@@ -89,49 +88,14 @@ NODE_DOWN = (f"HTTP/1.1 {NODE_DOWN_STATUS} Node Down\r\nContent-Length: 0\r\nCon
 ADMIN = {"litegate-admin": "1"}
 
 
-# --- Reaching into network namespaces ----------------------------------------
-
-def wait_for_port_in(netns: str | None, port: int, proc: Proc, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()}")
-        try:
-            connect_in_netns(netns, port, timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} in {netns or 'this namespace'} after {timeout}s")
-
-
 # --- The network: namespaces, or relays as a fallback -----------------------
-
-
-def ip(*args: str) -> str:
-    out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=15)
-    if out.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout
 
 
 def netns_usable() -> str | None:
     """Why network namespaces cannot be used here, or None if they can."""
     if os.environ.get("LITEGATE_FAULT_NET") == "relay":
         return "LITEGATE_FAULT_NET=relay"
-    if os.geteuid() != 0:
-        return "not root"
-    if shutil.which("ip") is None:
-        return "no `ip` (iproute2)"
-    probe = f"lgt-probe-{os.getpid()}-{random.randrange(1 << 30):x}"
-    try:
-        ip("netns", "add", probe)
-    except (RuntimeError, OSError) as e:
-        return f"`ip netns add` failed: {e}"
-    try:
-        ip("netns", "del", probe)
-    except RuntimeError:
-        pass
-    return None
+    return netns_unusable()
 
 
 BOGUS_MAC = "02:00:00:00:00:00"

@@ -5,13 +5,17 @@ SSE stream. Each write records which node's app served it (APP_NODE) and the
 fencing token the app saw, so tests can prove where writes landed.
 
 Env: APP_DB (SQLite file, shared by instances in tests to stand in for
-replication), APP_NODE (this instance's name).
+replication), APP_NODE (this instance's name), APP_WRITE_LOG (optional: a
+file each note insert is appended to once committed, as a JSON line with
+the CLOCK_MONOTONIC time, the text, this node and the fencing token; it
+outlives a database that replication later replaces).
 """
 
 import asyncio
 import json
 import os
 import sqlite3
+import time
 from contextlib import closing
 
 from fastapi import Cookie, FastAPI, Form, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
@@ -20,6 +24,7 @@ from pydantic import BaseModel
 
 DB = os.environ.get("APP_DB", "notes.sqlite3")
 NODE = os.environ.get("APP_NODE", "local")
+WRITE_LOG = os.environ.get("APP_WRITE_LOG")
 
 app = FastAPI(title="notes")
 
@@ -53,6 +58,10 @@ def insert(text: str, author: str | None, request: Request) -> dict:
             (text, author, NODE, request.headers.get("litegate-term")),
         )
         c.commit()
+        if WRITE_LOG:
+            entry = {"t": time.monotonic(), "text": text, "node": NODE, "term": request.headers.get("litegate-term")}
+            with open(WRITE_LOG, "a") as log:
+                log.write(json.dumps(entry) + "\n")
         return row(c.execute("SELECT * FROM notes WHERE id = ?", (cur.lastrowid,)).fetchone())
 
 
