@@ -14,7 +14,7 @@ import signal
 
 import httpx
 
-from harness import free_port, header_values, restart, start_raft_cluster, wait_for_port, wait_until
+from harness import LiteFS, free_port, header_values, restart, start_raft_cluster, wait_for_port, wait_until
 
 TOKEN = "lease-token-for-tests-0123456789"
 KEY = "litefs/primary"
@@ -190,3 +190,42 @@ def test_a_renew_the_quorum_cannot_confirm_is_answered_404(procs, upstream):
         assert r.status_code == 200, r.text
     else:
         assert r.status_code == 404 and "only renewed from" in r.text, r.text
+
+
+def test_the_holder_takes_writes_only_once_its_litefs_says_it_is_primary(procs, upstream):
+    """The state machine can name this node's LiteFS as holder while that
+    LiteFS is not primary (just after its acquire, or after it gave the
+    lease up and its release failed): writes then wait instead of reaching
+    an app whose database is read-only. Uses the LiteFS stand-in
+    (fixtures/litefs_standin.py): the real LiteFS cannot be put in that
+    state on demand."""
+    names = ["node-1", "node-2", "node-3"]
+    standin = LiteFS(procs, names)
+    lease_ports = {n: free_port() for n in names}
+    nodes = start_raft_cluster(
+        procs, [upstream] * 3,
+        extra=(f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n\n'
+               '[routing]\nprimary_wait = "1s"\n'),
+        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}",
+                               "LITEGATE_LITEFS_MOUNT": str(standin.mounts[name]),
+                               "LITEGATE_LITEFS_API": standin.api(name)},
+    )
+    for n in nodes:
+        wait_for_port(lease_ports[n.name], n.proc)
+    leader = raft_leader(nodes)
+    other = next(n for n in nodes if n is not leader)
+    standin.post("primary", node=other.name)
+
+    port = lease_ports[leader.name]
+    session = create_session(port)
+    assert consul(port, "PUT", f"/v1/kv/{KEY}?acquire={session}", '{"hostname":"x"}').text == "true"
+    wait_until(lambda: leader.status()["lease"]["holder"] is not None, 10, "the holder applied")
+    r = httpx.post(f"{leader.url}/echo", content=b"w", timeout=10)
+    assert (r.status_code, r.headers.get("litegate-error")) == (503, "no-primary"), (r.status_code, r.text)
+    assert leader.metric("litegate_is_primary") == 0
+
+    standin.post("primary", node=leader.name)
+    wait_until(lambda: leader.metric("litegate_is_primary") == 1, 10, "LiteFS and the lease agreeing")
+    r = httpx.post(f"{leader.url}/echo", content=b"w", timeout=10)
+    assert r.status_code == 200, r.text
+    assert header_values(r.json(), "litegate-lease-session") == [session]

@@ -211,6 +211,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         })?;
         let lease = match &*source {
             PrimarySource::Litefs(lease) => Some(Arc::clone(lease) as Arc<dyn Watcher>),
+            PrimarySource::RaftLease(routing) => Some(Arc::clone(routing) as Arc<dyn Watcher>),
             _ => None,
         };
         litefs::spawn_watcher(

@@ -27,6 +27,7 @@ use super::permit::LeaseHold;
 use super::raft::RaftLeadership;
 use super::{PrimaryCell, PrimaryState, PrimaryWatch, Role, WritePermit};
 use crate::lease::LeaseMachine;
+use crate::litefs::{LeaseView, Watcher};
 use crate::shutdown::Shutdown;
 
 pub struct RaftLease {
@@ -37,6 +38,10 @@ pub struct RaftLease {
     names: BTreeMap<u64, Arc<str>>,
     cell: Arc<PrimaryCell>,
     takeover_timeout: Duration,
+    /// Whether this node's LiteFS says it is primary (`/events`), where
+    /// litegate follows it (`litefs.mount` set): `None` until it has said.
+    litefs_primary: tokio::sync::watch::Sender<Option<bool>>,
+    follows_litefs: bool,
 }
 
 impl std::fmt::Debug for RaftLease {
@@ -67,6 +72,8 @@ impl RaftLease {
                 .collect(),
             cell: PrimaryCell::new(PrimaryState::unknown()),
             takeover_timeout: config.lease.takeover_timeout.get(),
+            litefs_primary: tokio::sync::watch::Sender::new(None),
+            follows_litefs: !config.litefs.mount.is_empty(),
         })
     }
 
@@ -105,13 +112,20 @@ impl RaftLease {
         let holder = self
             .machine
             .read(|t| t.holder(&self.key).map(|(session, _)| session.owner));
+        // The state machine says who holds the lease; LiteFS says whether
+        // it acts on it. They differ for a moment after an acquire, and
+        // for up to a TTL when LiteFS gave the lease up but could not
+        // release it: writes wait rather than reach a read-only database.
+        let litefs_agrees = !self.follows_litefs || *self.litefs_primary.borrow() == Some(true);
         match holder {
-            Some(node) if node == self.me && raft.role == Role::Primary => PrimaryState {
-                role: Role::Primary,
-                term: raft.term,
-                primary: self.names.get(&self.me).cloned(),
-                lease_deadline: raft.lease_deadline,
-            },
+            Some(node) if node == self.me && raft.role == Role::Primary && litefs_agrees => {
+                PrimaryState {
+                    role: Role::Primary,
+                    term: raft.term,
+                    primary: self.names.get(&self.me).cloned(),
+                    lease_deadline: raft.lease_deadline,
+                }
+            }
             Some(node) if node != self.me => PrimaryState {
                 role: Role::Replica,
                 term: raft.term,
@@ -135,6 +149,7 @@ impl RaftLease {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut lease_changes = this.machine.subscribe();
+            let mut litefs_changes = this.litefs_primary.subscribe();
             let mut metrics = this.leadership.raft().metrics();
             let mut raft_watch = this.leadership.watch();
             let mut waiting = Takeover::default();
@@ -163,6 +178,7 @@ impl RaftLease {
                 let wake = deadline.unwrap_or(now + Duration::from_secs(3600));
                 tokio::select! {
                     changed = lease_changes.changed() => if changed.is_err() { break },
+                    _ = litefs_changes.changed() => {}
                     changed = metrics.changed() => if changed.is_err() { break },
                     _ = raft_watch.changed_before(wake) => {}
                     () = stop.begun() => break,
@@ -185,6 +201,14 @@ impl RaftLease {
                 Err(error) => tracing::warn!(%error, "could not hand leadership on"),
             }
         });
+    }
+}
+
+impl Watcher for RaftLease {
+    fn lease(&self, view: LeaseView, _from_api: bool) {
+        let primary = view == LeaseView::Primary;
+        self.litefs_primary
+            .send_if_modified(|seen| std::mem::replace(seen, Some(primary)) != Some(primary));
     }
 }
 
