@@ -36,9 +36,11 @@ pub const ANSWER_WITHIN: Duration = Duration::from_millis(900);
 
 /// The longest the leader holds its own LiteFS's acquire until a lock delay
 /// ends, instead of answering `false` (which costs LiteFS a release, a
-/// destroy and a one-second sleep before it tries again). Leaves room within
-/// [`ANSWER_WITHIN`] for the acquire's log entry.
-const ACQUIRE_HOLD_MAX: Duration = Duration::from_millis(600);
+/// destroy and a one-second sleep before it tries again). Leaves 150 ms of
+/// [`ANSWER_WITHIN`] for the acquire's log entry; should that run out, LiteFS
+/// gets an error, releases and destroys its new session, and tries again a
+/// second later, as after a `false`.
+const ACQUIRE_HOLD_MAX: Duration = Duration::from_millis(750);
 
 /// How often the leader looks for expired sessions.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
@@ -883,7 +885,7 @@ mod tests {
             .call("PUT", "/v1/kv/k", Some(&format!("acquire={s2}")), "n2", 2)
             .await;
         assert_eq!(elsewhere.body, "false");
-        // The leader's own LiteFS, at most 550 ms into the delay: held until
+        // The leader's own LiteFS, at most 550 ms of the delay left: held until
         // the delay is over, then granted, where Consul would say `false`.
         let first = n
             .call("PUT", "/v1/kv/k", Some(&format!("acquire={s2}")), "n1", 1)
