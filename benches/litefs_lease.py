@@ -24,8 +24,8 @@ every write goes through a litegate:
 
 Each trial starts a fresh cluster and measures, in this order:
 - **handoff**: one writer posts a note through each node in turn, one at a
-  time, 20 ms apart, from 1 s before a graceful handoff until 1 s after the
-  target's LiteFS is primary: the longest time between two successful
+  time, 20 ms apart, from 1 s (plus a random pause of up to half the TTL)
+  before a graceful handoff until 1 s after the target's LiteFS is primary: the longest time between two successful
   writes, and how many failed. Consul: LiteFS's own handoff (`POST
   /promote` on the target's LiteFS). litegate: `litegate handoff --to`.
 - **crash**: after a random pause of up to half the TTL (LiteFS renews every
@@ -203,7 +203,7 @@ def the_primary(nodes) -> LiteNode:
     return found[0]
 
 
-def measure_handoff(setup: str, nodes, trial: Trial) -> None:
+def measure_handoff(setup: str, nodes, trial: Trial, renew_every: float) -> None:
     """`setup` is CONSUL or a litegate setup's name."""
     old = the_primary(nodes)
     target = next(n for n in nodes if n is not old)
@@ -211,7 +211,9 @@ def measure_handoff(setup: str, nodes, trial: Trial) -> None:
     try:
         wait_until(lambda: writer.first_success_after(0) is not None, timeout=HANDOFF_BOUND,
                    what="a first write before the handoff")
-        time.sleep(1)
+        # Anywhere in LiteFS's renew cycle: with litegate's lease the old
+        # primary steps down at its next renew.
+        time.sleep(1 + random.uniform(0, renew_every))
         start = max(t for t, ok, _ in writer.results if ok)
         if setup == CONSUL:
             r = httpx.post(f"{target.api}/promote", timeout=HANDOFF_BOUND)
@@ -337,7 +339,7 @@ def run_trial(setup: str, index: int, args, tmp: Path, consul: ConsulAgent | Non
             start_raft_lease_cluster(procs, nodes, TOKEN, "litefs/primary", ttl, lock_delay,
                                      primary_wait=PRIMARY_WAIT)
             lock_gone = litegate_lock_gone
-        measure_handoff(setup, nodes, trial)
+        measure_handoff(setup, nodes, trial, seconds(ttl) / 2)
         measure_crash(nodes, trial, lock_gone, seconds(ttl) / 2)
     finally:
         # LiteFS and its mount first (a mount left behind would outlive the
