@@ -44,6 +44,7 @@ the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -65,9 +66,11 @@ import httpx  # noqa: E402
 from harness import Procs, free_port, litegate_bin, wait_for_port, wait_until  # noqa: E402
 from litefs_real import (  # noqa: E402
     LiteNode,
+    mounted,
     skip_reason,
     start_litefs_mode_cluster,
     start_raft_lease_cluster,
+    unmount,
 )
 
 TOKEN = "lease-token-for-the-bench-0123456789"
@@ -319,10 +322,12 @@ def consul_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def run_trial(setup: str, index: int, args, tmp: Path, consul: ConsulAgent | None) -> Trial:
+def run_trial(setup: str, index: int, args, tmp: Path, consul: ConsulAgent | None,
+              started: list[Procs]) -> Trial:
     log_dir = tmp / f"{setup.replace(' ', '-').replace('/', '-')}-{index + 1}"
     log_dir.mkdir()
     procs = Procs(log_dir)
+    started.append(procs)
     nodes = [LiteNode(procs, f"node-{i}", i) for i in (1, 2, 3)]
     trial = Trial()
     try:
@@ -344,12 +349,13 @@ def run_trial(setup: str, index: int, args, tmp: Path, consul: ConsulAgent | Non
     finally:
         # LiteFS and its mount first (a mount left behind would outlive the
         # run); one node's failure to stop does not keep the others running.
-        for n in nodes:
-            try:
-                n.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {n.name}: {e}", file=sys.stderr)
-        procs.stop_all()
+        with signals_deferred():
+            for n in nodes:
+                try:
+                    n.stop()
+                except Exception as e:  # noqa: BLE001
+                    print(f"stopping {n.name}: {e}", file=sys.stderr)
+            procs.stop_all()
     return trial
 
 
@@ -393,9 +399,44 @@ def table(results: dict[str, list[Trial]], args) -> str:
     return "\n".join(lines)
 
 
+_cleanup = {"depth": 0, "interrupted": False}
+
+
 def interrupted(_signum, _frame) -> None:
-    """SIGTERM ends the run the way Ctrl-C does: through every cleanup."""
+    """Ctrl-C and SIGTERM end the run through every cleanup; one that comes
+    during a cleanup is taken once the cleanup is done, so it cannot leave
+    processes or mounts behind."""
+    if _cleanup["depth"]:
+        _cleanup["interrupted"] = True
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    _cleanup["depth"] += 1
+    try:
+        yield
+    finally:
+        _cleanup["depth"] -= 1
+        if not _cleanup["depth"] and _cleanup["interrupted"]:
+            _cleanup["interrupted"] = False
+            raise KeyboardInterrupt
+
+
+def sweep(tmp: Path, started: list[Procs]) -> None:
+    """Whatever a trial's own cleanup missed: processes, then any mount
+    under `tmp`."""
+    for procs in started:
+        procs.stop_all()
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f if len(line.split()) > 1]
+    for point in points:
+        if point.startswith(f"{tmp}/") and mounted(Path(point)):
+            try:
+                unmount(Path(point))
+            except RuntimeError as e:
+                print(e, file=sys.stderr)
 
 
 def main() -> int:
@@ -426,32 +467,36 @@ def main() -> int:
     setups = ([] if args.no_consul else [CONSUL]) + list(args.leases)
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     tmp = Path(tempfile.mkdtemp(prefix="litefs-lease-bench-"))
     procs = Procs(tmp)
+    started = [procs]
     results: dict[str, list[Trial]] = {s: [] for s in setups}
-    failed = False
+    error: BaseException | None = None
     try:
         consul = ConsulAgent(procs, consul_binary()) if CONSUL in setups else None
         for i in range(args.trials):
             for s in setups:
                 print(f"trial {i + 1}/{args.trials}: {s} ...", file=sys.stderr, flush=True)
-                trial = run_trial(s, i, args, tmp, consul)
+                trial = run_trial(s, i, args, tmp, consul, started)
                 print(f"  crash failover {trial.crash_s:.2f} s, handoff gap {trial.gap_s:.2f} s, "
                       f"{len(trial.failed)} of {trial.writes} writes failed"
                       + (f" (first: {trial.failed[0]})" if trial.failed else ""), file=sys.stderr, flush=True)
                 results[s].append(trial)
-    except BaseException:
-        failed = True
+    except BaseException as e:
+        error = e
         raise
     finally:
-        procs.stop_all()
-        if failed and not args.keep_logs:
-            for log in sorted(tmp.rglob("*.log")):
-                print(f"--- {log.relative_to(tmp)} (last lines)\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with signals_deferred():
+            sweep(tmp, started)
+            if error is not None and not isinstance(error, KeyboardInterrupt) and not args.keep_logs:
+                for log in sorted(tmp.rglob("*.log")):
+                    print(f"--- {log.relative_to(tmp)} (last lines)\n{log.read_text(errors='replace')[-1500:]}",
+                          file=sys.stderr)
+            if args.keep_logs:
+                print(f"logs kept in {tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
     print(table(results, args))
     return 0
 
