@@ -2,6 +2,7 @@
 litegate's Raft, side by side in one run (docs/performance.md, "LiteFS:
 Consul's lease against litegate's").
 
+    benches/litefs-lease [--trials 3] [--litegate-lease 2s/1s ...]   # sets up, then runs this
     .venv/bin/python benches/litefs_lease.py [--trials 3] [--litegate-lease 2s/1s ...]
 
 (`.venv` with integration/requirements.txt installed; litegate from
