@@ -22,6 +22,7 @@ from harness import (
     free_port,
     nsenter,
     run_in_netns,
+    start_litefs_cluster,
     start_raft_cluster,
     wait_for_port_in,
     wait_until,
@@ -100,7 +101,11 @@ class LiteNode:
     def db(self) -> Path:
         return self.mount / "db.sqlite3"
 
-    def start_litefs(self) -> None:
+    def start_litefs(self, consul_url: str | None = None, key: str = KEY, ttl: str = TTL,
+                     lock_delay: str = LOCK_DELAY) -> None:
+        """`consul_url` is LiteFS's `lease.consul.url` (its password is the
+        token LiteFS sends): by default this node's litegate."""
+        consul_url = consul_url or f"http://litefs:{TOKEN}@127.0.0.1:{self.lease_port}"
         config = self.procs.log_dir / f"litefs-{self.name}.yml"
         config.write_text(
             f'fuse:\n  dir: "{self.mount}"\n'
@@ -113,10 +118,10 @@ class LiteNode:
             f'  advertise-url: "http://{self.host}:{self.http_port}"\n'
             "  candidate: true\n"
             "  consul:\n"
-            f'    url: "http://litefs:{TOKEN}@127.0.0.1:{self.lease_port}"\n'
-            f'    key: "{KEY}"\n'
-            f'    ttl: "{TTL}"\n'
-            f'    lock-delay: "{LOCK_DELAY}"\n'
+            f'    url: "{consul_url}"\n'
+            f'    key: "{key}"\n'
+            f'    ttl: "{ttl}"\n'
+            f'    lock-delay: "{lock_delay}"\n'
         )
         self.litefs = self.procs.start(f"litefs-{self.name}",
                                        [*nsenter(self.netns), str(litefs_bin()), "mount", "-config", str(config)])
@@ -166,12 +171,25 @@ class LiteNode:
         unmount(self.mount)
 
 
-@contextlib.contextmanager
-def running_lease_cluster(procs, nodes: list[LiteNode], upstream_timeout: str | None = None, **raft_cluster):
-    """Starts litegate, then LiteFS, then the apps on `nodes`; yields them
-    once one LiteFS is primary and every mount has the database. Stops
-    them all (apps, LiteFS and mounts, litegates) however it ends.
-    `raft_cluster` goes to start_raft_cluster."""
+def start_apps_once_replicated(nodes) -> None:
+    """Waits for exactly one LiteFS primary, starts its app (which creates
+    the database), then the others' once the database reached every mount."""
+    wait_until(lambda: sum(n.is_primary() for n in nodes) == 1, timeout=30, what="one LiteFS primary")
+    primary = next(n for n in nodes if n.is_primary())
+    primary.start_app()
+    wait_until(lambda: all(n.db.exists() for n in nodes), timeout=30, what="the database on every mount")
+    for n in nodes:
+        if n is not primary:
+            n.start_app()
+
+
+def start_raft_lease_cluster(procs, nodes: list[LiteNode], token: str = TOKEN, key: str = KEY, ttl: str = TTL,
+                             lock_delay: str = LOCK_DELAY, primary_wait: str = "20s",
+                             upstream_timeout: str | None = None, **raft_cluster) -> None:
+    """litegate in raft mode with `[lease]` on every node, then each node's
+    LiteFS with its Consul lease pointed at its own litegate, then the apps.
+    Sets each node's `gate`; the caller stops the nodes. `raft_cluster` goes
+    to start_raft_cluster."""
     by_name = {n.name: n for n in nodes}
 
     def node_env(name):
@@ -181,23 +199,52 @@ def running_lease_cluster(procs, nodes: list[LiteNode], upstream_timeout: str | 
                 "LITEGATE_LITEFS_API": n.api,
                 **({"LITEGATE_UPSTREAM_TIMEOUT": upstream_timeout} if upstream_timeout else {})}
 
-    extra = (f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\n\n'
-             '[routing]\nprimary_wait = "20s"\n')
+    extra = (f'[lease]\ntoken = "{token}"\nkey = "{key}"\n\n'
+             f'[routing]\nprimary_wait = "{primary_wait}"\n')
+    gates = start_raft_cluster(procs, [f"http://127.0.0.1:{n.app_port}" for n in nodes], extra=extra,
+                               node_env=node_env, **raft_cluster)
+    for n, g in zip(nodes, gates):
+        n.gate = g
+        wait_for_port_in(n.netns, n.lease_port, g.proc)
+    for n in nodes:
+        n.start_litefs(f"http://litefs:{token}@127.0.0.1:{n.lease_port}", key, ttl, lock_delay)
+    start_apps_once_replicated(nodes)
+
+
+def start_litefs_mode_cluster(procs, nodes: list[LiteNode], consul_url: str, key: str, ttl: str,
+                              lock_delay: str, primary_wait: str = "20s") -> None:
+    """LiteFS with its Consul lease at `consul_url` (a real Consul agent) on
+    every node, the apps, then litegate in `primary.mode = "litefs"`
+    following each node's LiteFS. Sets each node's `gate`."""
+    for n in nodes:
+        n.start_litefs(consul_url, key, ttl, lock_delay)
+    start_apps_once_replicated(nodes)
+    gates = start_litefs_cluster(procs, _LiteFSView(nodes), [f"http://127.0.0.1:{n.app_port}" for n in nodes],
+                                 extra=f'[routing]\nprimary_wait = "{primary_wait}"\n')
+    for n, g in zip(nodes, gates):
+        n.gate = g
+
+
+class _LiteFSView:
+    """What harness.start_litefs_cluster reads of a LiteFS deployment (the
+    stand-in's interface), for real LiteFS nodes."""
+
+    db = "db.sqlite3"
+
+    def __init__(self, nodes):
+        self.mounts = {n.name: n.mount for n in nodes}
+        self._apis = {n.name: n.api for n in nodes}
+
+    def api(self, name: str) -> str:
+        return self._apis[name]
+
+
+@contextlib.contextmanager
+def running_lease_cluster(procs, nodes: list[LiteNode], **options):
+    """start_raft_lease_cluster; yields the nodes, and stops them all (apps,
+    LiteFS and mounts, litegates) however it ends."""
     try:
-        gates = start_raft_cluster(procs, [f"http://127.0.0.1:{n.app_port}" for n in nodes], extra=extra,
-                                   node_env=node_env, **raft_cluster)
-        for n, g in zip(nodes, gates):
-            n.gate = g
-            wait_for_port_in(n.netns, n.lease_port, g.proc)
-        for n in nodes:
-            n.start_litefs()
-        wait_until(lambda: sum(n.is_primary() for n in nodes) == 1, timeout=30, what="one LiteFS primary")
-        primary = next(n for n in nodes if n.is_primary())
-        primary.start_app()
-        wait_until(lambda: all(n.db.exists() for n in nodes), timeout=30, what="the database on every mount")
-        for n in nodes:
-            if n is not primary:
-                n.start_app()
+        start_raft_lease_cluster(procs, nodes, **options)
         yield nodes
     finally:
         # LiteFS and its mount go before the rest; bounded waits throughout.

@@ -235,7 +235,15 @@ impl LeaseTable {
 
     /// Whether `key` is still in a lock delay this node started.
     pub fn lock_delayed(&self, key: &str, now: Instant) -> bool {
-        self.lock_delays.get(key).is_some_and(|until| now < *until)
+        self.lock_delay_left(key, now).is_some()
+    }
+
+    /// How much of `key`'s lock delay is left at `now`, if any.
+    pub fn lock_delay_left(&self, key: &str, now: Instant) -> Option<Duration> {
+        self.lock_delays
+            .get(key)
+            .map(|until| until.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
     }
 
     /// Who holds `key`: the session and the lock index, Consul's fencing pair.
@@ -355,6 +363,15 @@ mod tests {
         assert!(t.state.sessions.is_empty());
         assert!(t.lock_delayed("k", now + Duration::from_millis(999)));
         assert!(!t.lock_delayed("k", now + Duration::from_millis(1000)));
+        assert_eq!(
+            t.lock_delay_left("k", now + Duration::from_millis(400)),
+            Some(Duration::from_millis(600))
+        );
+        assert_eq!(
+            t.lock_delay_left("k", now + Duration::from_millis(1000)),
+            None
+        );
+        assert_eq!(t.lock_delay_left("other", now), None);
     }
 
     #[test]
