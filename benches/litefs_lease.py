@@ -19,8 +19,8 @@ every write goes through a litegate:
   default lock-delay of 1 s, as the 19.1 s figure was measured; litegate in
   `primary.mode = "litefs"`, following LiteFS's primary.
 - **litegate TTL/LOCK-DELAY**: LiteFS's Consul lease pointed at its own
-  node's litegate (`[lease]`), litegate in raft mode; by default TTL 3 s and
-  lock-delay 1 s as docs/litefs.md recommends; `--litegate-lease 2s/1s`
+  node's litegate (`[lease]`), litegate in raft mode; by default TTL 1 s and
+  lock-delay 500 ms as docs/litefs.md recommends; `--litegate-lease 2s/500ms`
   (repeatable) runs other values, each as a setup of its own.
 
 Each trial starts a fresh cluster and measures, in this order:
@@ -444,7 +444,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=3, help="trials per setup, each on a fresh cluster")
     parser.add_argument("--litegate-lease", action="append", metavar="TTL/LOCK-DELAY",
-                        help="LiteFS's TTL and lock-delay with litegate's lease (default 3s/1s); repeat for more "
+                        help="LiteFS's TTL and lock-delay with litegate's lease (default 1s/500ms); repeat for more "
                              "setups")
     parser.add_argument("--no-consul", action="store_true", help="run the litegate setups only")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with every log")
@@ -458,7 +458,7 @@ def main() -> int:
     litegate_bin()
     args.load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     args.leases = {}
-    for spec in args.litegate_lease or ["3s/1s"]:
+    for spec in args.litegate_lease or ["1s/500ms"]:
         ttl, _, lock_delay = spec.partition("/")
         try:
             seconds(ttl), seconds(lock_delay)
