@@ -32,6 +32,21 @@ def create_session(port: int) -> str:
     return r.json()["ID"]
 
 
+def lease_cluster(procs, upstream, env=None, config: str = ""):
+    """Three litegates in raft mode with `[lease]`; `env(name)` adds to a
+    node's environment. Returns the nodes and each one's lease port."""
+    lease_ports = {f"node-{i}": free_port() for i in (1, 2, 3)}
+    nodes = start_raft_cluster(
+        procs, [upstream] * 3,
+        extra=f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n\n{config}',
+        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}",
+                               **(env(name) if env else {})},
+    )
+    for n in nodes:
+        wait_for_port(lease_ports[n.name], n.proc)
+    return nodes, lease_ports
+
+
 def raft_leader(nodes):
     """The node every node names as Raft leader (not the primary: with
     `[lease]` there is none until a LiteFS takes the lease)."""
@@ -47,14 +62,7 @@ def raft_leader(nodes):
 
 
 def test_only_the_lease_holder_is_primary_and_its_app_gets_the_hold(procs, upstream):
-    lease_ports = {f"node-{i}": free_port() for i in (1, 2, 3)}
-    nodes = start_raft_cluster(
-        procs, [upstream] * 3,
-        extra=f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n',
-        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}"},
-    )
-    for n in nodes:
-        wait_for_port(lease_ports[n.name], n.proc)
+    nodes, lease_ports = lease_cluster(procs, upstream)
     leader = raft_leader(nodes)
     follower = next(n for n in nodes if n is not leader)
 
@@ -92,15 +100,7 @@ def test_lease_state_survives_snapshot_install_and_a_full_restart(procs, upstrea
     """Snapshots every 2 entries: a follower down while the lease changed
     gets the sessions and keys from the snapshot, and a restart of every
     node keeps them (the holder is still the holder, its session valid)."""
-    lease_ports = {f"node-{i}": free_port() for i in (1, 2, 3)}
-    nodes = start_raft_cluster(
-        procs, [upstream] * 3,
-        extra=f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n',
-        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}",
-                               "LITEGATE_CLUSTER_SNAPSHOT_ENTRIES": "2"},
-    )
-    for n in nodes:
-        wait_for_port(lease_ports[n.name], n.proc)
+    nodes, lease_ports = lease_cluster(procs, upstream, env=lambda name: {"LITEGATE_CLUSTER_SNAPSHOT_ENTRIES": "2"})
     leader = raft_leader(nodes)
     lagging = next(n for n in nodes if n is not leader)
     lagging.proc.signal(signal.SIGKILL)
@@ -157,14 +157,7 @@ def test_a_renew_the_quorum_cannot_confirm_is_answered_404(procs, upstream):
     """A holder cut off from the quorum must step down at once: LiteFS does
     on a 404 renew, but keeps its lease through a 500 for up to another
     TTL + 1 s, long enough to overlap the primary a new leader elects."""
-    lease_ports = {f"node-{i}": free_port() for i in (1, 2, 3)}
-    nodes = start_raft_cluster(
-        procs, [upstream] * 3,
-        extra=f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n',
-        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}"},
-    )
-    for n in nodes:
-        wait_for_port(lease_ports[n.name], n.proc)
+    nodes, lease_ports = lease_cluster(procs, upstream)
     leader = raft_leader(nodes)
     port = lease_ports[leader.name]
     session = create_session(port)
@@ -201,17 +194,10 @@ def test_the_holder_takes_writes_only_once_its_litefs_says_it_is_primary(procs, 
     state on demand."""
     names = ["node-1", "node-2", "node-3"]
     standin = LiteFS(procs, names)
-    lease_ports = {n: free_port() for n in names}
-    nodes = start_raft_cluster(
-        procs, [upstream] * 3,
-        extra=(f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n\n'
-               '[routing]\nprimary_wait = "1s"\n'),
-        node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}",
-                               "LITEGATE_LITEFS_MOUNT": str(standin.mounts[name]),
-                               "LITEGATE_LITEFS_API": standin.api(name)},
-    )
-    for n in nodes:
-        wait_for_port(lease_ports[n.name], n.proc)
+    nodes, lease_ports = lease_cluster(
+        procs, upstream, config='[routing]\nprimary_wait = "1s"\n',
+        env=lambda name: {"LITEGATE_LITEFS_MOUNT": str(standin.mounts[name]),
+                          "LITEGATE_LITEFS_API": standin.api(name)})
     leader = raft_leader(nodes)
     other = next(n for n in nodes if n is not leader)
     standin.post("primary", node=other.name)

@@ -780,6 +780,25 @@ mod tests {
             }
         }
 
+        /// A session with a 1 s TTL and `lock_delay` takes key `k`, is
+        /// not renewed, and expires: `k` is gone (Behavior=delete) and its
+        /// lock delay runs. Returns the expired session.
+        async fn held_until_it_expires(&self, lock_delay: &str) -> String {
+            let s1 = self.session("1s", lock_delay).await;
+            let a = self
+                .call("PUT", "/v1/kv/k", Some(&format!("acquire={s1}")), "n1", 1)
+                .await;
+            assert_eq!(a.body, "true");
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    self.get("k").await.is_none()
+                })
+                .await,
+                "the unrenewed session expires and its key goes"
+            );
+            s1
+        }
+
         async fn finish(self) {
             self.raft.shutdown().await.unwrap();
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -964,18 +983,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unrenewed_session_expires_after_its_ttl_then_the_lock_delay_holds_the_key() {
         let n = one_node("expiry").await;
-        let s1 = n.session("1s", "3s").await;
-        let a = n
-            .call("PUT", "/v1/kv/k", Some(&format!("acquire={s1}")), "n1", 1)
-            .await;
-        assert_eq!(a.body, "true");
-        // Not renewed: deleted (Behavior=delete) once the TTL ran out.
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                n.get("k").await.is_none()
-            })
-            .await
-        );
+        let s1 = n.held_until_it_expires("3s").await;
         assert_eq!(
             n.call("PUT", &format!("/v1/session/renew/{s1}"), None, "", 1)
                 .await
@@ -1006,18 +1014,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_leaders_acquire_inside_a_short_lock_delay_waits_it_out_and_is_granted() {
         let n = one_node("hold").await;
-        let s1 = n.session("1s", "550ms").await;
-        let a = n
-            .call("PUT", "/v1/kv/k", Some(&format!("acquire={s1}")), "n1", 1)
-            .await;
-        assert_eq!(a.body, "true");
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                n.get("k").await.is_none()
-            })
-            .await,
-            "the unrenewed session expires and its key goes"
-        );
+        n.held_until_it_expires("550ms").await;
         let s2 = n.session("10s", "0s").await;
         // From another node: refused at once (only the leader's LiteFS
         // gets the lock), lock delay or not.
