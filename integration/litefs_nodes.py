@@ -73,7 +73,8 @@ class LiteNode:
     shared), reached by the other nodes at `host`; the LiteFS API, the app
     and the lease listener are on the namespace's own loopback."""
 
-    def __init__(self, procs, name: str, index: int, netns: str | None = None, host: str = "127.0.0.1"):
+    def __init__(self, procs, name: str, index: int, netns: str | None = None, host: str = "127.0.0.1",
+                 http_port: int | None = None, relay_port: int | None = None):
         self.procs = procs
         self.name = name
         self.index = index
@@ -85,7 +86,10 @@ class LiteNode:
         self.mount.mkdir(parents=True)
         self.data.mkdir(parents=True)
         self.write_log = base / "app-writes.jsonl"
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
+        # With the relay (lease.relay_listen), LiteFS advertises its own
+        # litegate's relay: the same loopback URL on every node.
+        self.relay_port = relay_port
         self.lease_port = free_port()
         self.app_port = free_port()
         self.litefs = None
@@ -95,6 +99,12 @@ class LiteNode:
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def advertise_url(self) -> str:
+        if self.relay_port:
+            return f"http://127.0.0.1:{self.relay_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def db(self) -> Path:
@@ -110,7 +120,7 @@ class LiteNode:
             "lease:\n"
             '  type: "consul"\n'
             f'  hostname: "{self.name}"\n'
-            f'  advertise-url: "http://{self.host}:{self.http_port}"\n'
+            f'  advertise-url: "{self.advertise_url}"\n'
             "  candidate: true\n"
             "  consul:\n"
             f'    url: "http://litefs:{TOKEN}@127.0.0.1:{self.lease_port}"\n'
@@ -181,7 +191,13 @@ def running_lease_cluster(procs, nodes: list[LiteNode], upstream_timeout: str | 
                 "LITEGATE_LITEFS_API": n.api,
                 **({"LITEGATE_UPSTREAM_TIMEOUT": upstream_timeout} if upstream_timeout else {})}
 
-    extra = (f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\n\n'
+    relay = ""
+    if nodes[0].relay_port:
+        # One relay port and one LiteFS port for all: each node's LiteFS
+        # reaches its own litegate's relay at the same URL.
+        assert len({(n.relay_port, n.http_port) for n in nodes}) == 1, "the relay needs one port pair on every node"
+        relay = f'relay_listen = "127.0.0.1:{nodes[0].relay_port}"\nlitefs_port = {nodes[0].http_port}\n'
+    extra = (f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\n{relay}\n'
              '[routing]\nprimary_wait = "20s"\n')
     try:
         gates = start_raft_cluster(procs, [f"http://127.0.0.1:{n.app_port}" for n in nodes], extra=extra,
