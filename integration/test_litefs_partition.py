@@ -23,8 +23,13 @@ steps down about a TTL after its last renew and the majority elects a Raft
 leader, but the majority's LiteFS replicas only look at the lease once
 their replication stream from the old primary breaks, which behind a
 silent partition is at the heal (or after minutes of TCP keepalive). So
-the successor usually takes over after the heal; the test says which in
-its summary line (pytest -s) and checks that:
+without the relay the successor usually takes over after the heal. With
+litegate's stream relay (lease.relay_listen, LiteFS's advertise-url on
+every node) the relay drops those streams when the old session expires,
+so the test holds the partition until a majority LiteFS is primary and a
+write through the majority is acknowledged, and checks that both happened
+before the heal. The test says which in its summary line (pytest -s) and,
+in both runs, checks that:
 
 - two LiteFS never said isPrimary at overlapping times, and the cut-off
   one's last `true` came before its successor's first;
