@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from harness import (
     INTEGRATION,
@@ -26,6 +27,7 @@ from harness import (
     wait_for_port_in,
     wait_until,
 )
+from netns import HubNet, netns_unusable
 
 APP_DIR = INTEGRATION / "apps" / "fastapi_app"
 TOKEN = "lease-token-for-tests-0123456789"
@@ -222,6 +224,35 @@ def running_lease_cluster(procs, nodes: list[LiteNode], upstream_timeout: str | 
         for n in nodes:
             if n.gate is not None:
                 n.gate.proc.stop()
+
+
+# The namespaces' addresses are not loopback, and litegate refuses plaintext
+# cluster traffic off loopback unless told the network is private: this one
+# exists only inside the test's namespaces.
+ALLOW_PLAINTEXT = "allow_plaintext = true\n"
+
+
+@contextlib.contextmanager
+def lease_cluster_in_namespaces(procs, relay: bool, upstream_timeout: str | None = None):
+    """running_lease_cluster with each node in a network namespace of its
+    own on one switch (netns.HubNet); yields (net, nodes). Without `relay`
+    each LiteFS advertises its own API; with it (lease.relay_listen) every
+    LiteFS advertises its litegate's relay at one loopback URL, and listens
+    on one port (each namespace has its own loopback and addresses).
+    Skips the test where namespaces cannot be made."""
+    why = netns_unusable()
+    if why is not None:
+        pytest.skip(f"network namespaces cannot be made here: {why}")
+    net = HubNet(3)
+    ports = {"http_port": free_port(), "relay_port": free_port()} if relay else {}
+    try:
+        nodes = [LiteNode(procs, f"node-{i + 1}", i + 1, netns=net.names[i], host=net.address(i), **ports)
+                 for i in range(3)]
+        with running_lease_cluster(procs, nodes, upstream_timeout=upstream_timeout,
+                                   netns={n.name: n.netns for n in nodes}, cluster_lines=ALLOW_PLAINTEXT):
+            yield net, nodes
+    finally:
+        net.close()
 
 
 def primaries(nodes) -> list[str]:

@@ -54,9 +54,8 @@ import time
 import httpx
 import pytest
 
-from harness import enter_netns, free_port, wait_until
-from litefs_nodes import LiteNode, primaries, raft_leader, running_lease_cluster, skip_reason
-from netns import HubNet, netns_unusable
+from harness import enter_netns, wait_until
+from litefs_nodes import LiteNode, lease_cluster_in_namespaces, primaries, raft_leader, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -66,33 +65,14 @@ WRITERS = 3
 # upstream.timeout + 5 s for a write admitted by the cut-off primary.
 CLIENT_TIMEOUT = 40.0
 UPSTREAM_TIMEOUT = "3s"
-# How long the primary stays cut off.
+# How long the primary stays cut off (without the relay).
 PARTITION_HOLD = 8.0
-# The namespaces' addresses are not loopback, and litegate refuses plaintext
-# cluster traffic off loopback unless told the network is private: this one
-# exists only inside the test's namespaces.
-ALLOW_PLAINTEXT = "allow_plaintext = true\n"
 
 
 @pytest.fixture(params=[False, True], ids=["advertise-litefs", "advertise-relay"])
 def partitioned_cluster(procs, request):
-    """Without the relay each LiteFS advertises its own API; with it
-    (lease.relay_listen), every LiteFS advertises its litegate's relay at
-    one loopback URL, and every LiteFS listens on one port (each namespace
-    has its own loopback and addresses)."""
-    why = netns_unusable()
-    if why is not None:
-        pytest.skip(f"network namespaces cannot be made here: {why}")
-    net = HubNet(3)
-    ports = {"http_port": free_port(), "relay_port": free_port()} if request.param else {}
-    try:
-        nodes = [LiteNode(procs, f"node-{i + 1}", i + 1, netns=net.names[i], host=net.address(i), **ports)
-                 for i in range(3)]
-        with running_lease_cluster(procs, nodes, upstream_timeout=UPSTREAM_TIMEOUT,
-                                   netns={n.name: n.netns for n in nodes}, cluster_lines=ALLOW_PLAINTEXT):
-            yield net, nodes
-    finally:
-        net.close()
+    with lease_cluster_in_namespaces(procs, relay=request.param, upstream_timeout=UPSTREAM_TIMEOUT) as cluster:
+        yield cluster
 
 
 class PrimaryPoller:
