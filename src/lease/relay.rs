@@ -368,6 +368,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handoff_keeping_the_session_drops_the_relayed_connection() {
+        let mut s = setup(8).await;
+        s.apply(session("s1", 1));
+        s.apply(acquire("s1", 1));
+        let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
+        assert_eq!(round_trip(&mut conn, "a").await, b"n1:a");
+        // LiteFS's handoff: node 2's LiteFS re-acquires with the holder's
+        // session while node 1 still leads.
+        s.apply(LeaseCommand::Acquire {
+            key: KEY.into(),
+            value: b"{}".to_vec(),
+            session: "s1".into(),
+            origin: 2,
+            leader: 1,
+            handoff: true,
+        });
+        assert_eq!(read_some(&mut conn).await, b"", "expected end of stream");
+        let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
+        assert_eq!(round_trip(&mut conn, "b").await, b"n2:b");
+    }
+
+    #[tokio::test]
     async fn a_change_that_keeps_the_holder_keeps_the_connection() {
         let mut s = setup(8).await;
         s.apply(session("s1", 1));
