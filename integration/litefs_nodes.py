@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from harness import (
     INTEGRATION,
@@ -27,6 +28,7 @@ from harness import (
     wait_for_port_in,
     wait_until,
 )
+from netns import HubNet, netns_unusable
 
 APP_DIR = INTEGRATION / "apps" / "fastapi_app"
 TOKEN = "lease-token-for-tests-0123456789"
@@ -74,7 +76,8 @@ class LiteNode:
     shared), reached by the other nodes at `host`; the LiteFS API, the app
     and the lease listener are on the namespace's own loopback."""
 
-    def __init__(self, procs, name: str, index: int, netns: str | None = None, host: str = "127.0.0.1"):
+    def __init__(self, procs, name: str, index: int, netns: str | None = None, host: str = "127.0.0.1",
+                 http_port: int | None = None, relay_port: int | None = None):
         self.procs = procs
         self.name = name
         self.index = index
@@ -86,7 +89,10 @@ class LiteNode:
         self.mount.mkdir(parents=True)
         self.data.mkdir(parents=True)
         self.write_log = base / "app-writes.jsonl"
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
+        # With the relay (lease.relay_listen), LiteFS advertises its own
+        # litegate's relay: the same loopback URL on every node.
+        self.relay_port = relay_port
         self.lease_port = free_port()
         self.app_port = free_port()
         self.litefs = None
@@ -96,6 +102,12 @@ class LiteNode:
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def advertise_url(self) -> str:
+        if self.relay_port:
+            return f"http://127.0.0.1:{self.relay_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def db(self) -> Path:
@@ -115,7 +127,7 @@ class LiteNode:
             "lease:\n"
             '  type: "consul"\n'
             f'  hostname: "{self.name}"\n'
-            f'  advertise-url: "http://{self.host}:{self.http_port}"\n'
+            f'  advertise-url: "{self.advertise_url}"\n'
             "  candidate: true\n"
             "  consul:\n"
             f'    url: "{consul_url}"\n'
@@ -199,7 +211,13 @@ def start_raft_lease_cluster(procs, nodes: list[LiteNode], token: str = TOKEN, k
                 "LITEGATE_LITEFS_API": n.api,
                 **({"LITEGATE_UPSTREAM_TIMEOUT": upstream_timeout} if upstream_timeout else {})}
 
-    extra = (f'[lease]\ntoken = "{token}"\nkey = "{key}"\n\n'
+    relay = ""
+    if nodes[0].relay_port:
+        # One relay port and one LiteFS port for all: each node's LiteFS
+        # reaches its own litegate's relay at the same URL.
+        assert len({(n.relay_port, n.http_port) for n in nodes}) == 1, "the relay needs one port pair on every node"
+        relay = f'relay_listen = "127.0.0.1:{nodes[0].relay_port}"\nlitefs_port = {nodes[0].http_port}\n'
+    extra = (f'[lease]\ntoken = "{token}"\nkey = "{key}"\n{relay}\n'
              f'[routing]\nprimary_wait = "{primary_wait}"\n')
     gates = start_raft_cluster(procs, [f"http://127.0.0.1:{n.app_port}" for n in nodes], extra=extra,
                                node_env=node_env, **raft_cluster)
@@ -253,6 +271,35 @@ def running_lease_cluster(procs, nodes: list[LiteNode], **options):
         for n in nodes:
             if n.gate is not None:
                 n.gate.proc.stop()
+
+
+# The namespaces' addresses are not loopback, and litegate refuses plaintext
+# cluster traffic off loopback unless told the network is private: this one
+# exists only inside the test's namespaces.
+ALLOW_PLAINTEXT = "allow_plaintext = true\n"
+
+
+@contextlib.contextmanager
+def lease_cluster_in_namespaces(procs, relay: bool, upstream_timeout: str | None = None):
+    """running_lease_cluster with each node in a network namespace of its
+    own on one switch (netns.HubNet); yields (net, nodes). Without `relay`
+    each LiteFS advertises its own API; with it (lease.relay_listen) every
+    LiteFS advertises its litegate's relay at one loopback URL, and listens
+    on one port (each namespace has its own loopback and addresses).
+    Skips the test where namespaces cannot be made."""
+    why = netns_unusable()
+    if why is not None:
+        pytest.skip(f"network namespaces cannot be made here: {why}")
+    net = HubNet(3)
+    ports = {"http_port": free_port(), "relay_port": free_port()} if relay else {}
+    try:
+        nodes = [LiteNode(procs, f"node-{i + 1}", i + 1, netns=net.names[i], host=net.address(i), **ports)
+                 for i in range(3)]
+        with running_lease_cluster(procs, nodes, upstream_timeout=upstream_timeout,
+                                   netns={n.name: n.netns for n in nodes}, cluster_lines=ALLOW_PLAINTEXT):
+            yield net, nodes
+    finally:
+        net.close()
 
 
 def primaries(nodes) -> list[str]:

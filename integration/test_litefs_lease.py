@@ -17,16 +17,33 @@ import time
 import httpx
 import pytest
 
-from harness import wait_until
-from litefs_nodes import LiteNode, notes_on, post_note, primaries, raft_leader, running_lease_cluster, skip_reason
+from harness import litegate_bin, nsenter, wait_until
+from litefs_nodes import (
+    LiteNode,
+    lease_cluster_in_namespaces,
+    notes_on,
+    post_note,
+    primaries,
+    raft_leader,
+    running_lease_cluster,
+    skip_reason,
+)
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 
-@pytest.fixture
-def lease_cluster(procs):
-    with running_lease_cluster(procs, [LiteNode(procs, f"node-{i + 1}", i + 1) for i in range(3)]) as nodes:
-        yield nodes
+@pytest.fixture(params=[False, True], ids=["advertise-litefs", "advertise-relay"])
+def lease_cluster(procs, request):
+    """Without the relay: three nodes on this host's loopback, each LiteFS
+    advertising its own API. With it, every LiteFS advertises its
+    litegate's relay at the same loopback URL, which needs a loopback per
+    node: each node in a network namespace of its own."""
+    if request.param:
+        with lease_cluster_in_namespaces(procs, relay=True) as (_, nodes):
+            yield nodes
+    else:
+        with running_lease_cluster(procs, [LiteNode(procs, f"node-{i + 1}", i + 1) for i in range(3)]) as nodes:
+            yield nodes
 
 
 def test_writes_through_any_node_land_on_the_litefs_primary_and_replicate(lease_cluster):
@@ -77,17 +94,15 @@ def test_graceful_handoff_fails_no_write(lease_cluster):
 
     def writer():
         i = 0
-        with httpx.Client(timeout=40) as client:
-            while not stop.is_set() and i < 5000:
-                via = nodes[i % 3]
-                ident = f"w-{i}"
-                try:
-                    r = client.post(f"{via.gate.url}/notes", json={"text": ident})
-                    results.append((ident, r.status_code))
-                except httpx.HTTPError as e:
-                    results.append((ident, repr(e)))
-                i += 1
-                time.sleep(0.02)
+        while not stop.is_set() and i < 5000:
+            via = nodes[i % 3]
+            ident = f"w-{i}"
+            try:
+                results.append((ident, post_note(via, ident, timeout=40).status_code))
+            except (OSError, httpx.HTTPError) as e:
+                results.append((ident, repr(e)))
+            i += 1
+            time.sleep(0.02)
 
     session = old.gate.status()["lease"]["holder"]["session"]
     thread = threading.Thread(target=writer, daemon=True)
@@ -95,7 +110,7 @@ def test_graceful_handoff_fails_no_write(lease_cluster):
     try:
         time.sleep(1)
         out = subprocess.run(
-            [str(old.gate.proc.popen.args[0]), "handoff", "--to", target.name, "--admin", old.gate.admin],
+            [*nsenter(old.netns), str(litegate_bin()), "handoff", "--to", target.name, "--admin", old.gate.admin],
             capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stdout + out.stderr
         wait_until(lambda: primaries(nodes) == [target.name], timeout=20, what="LiteFS primary on the target")

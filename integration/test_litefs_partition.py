@@ -23,8 +23,13 @@ steps down about a TTL after its last renew and the majority elects a Raft
 leader, but the majority's LiteFS replicas only look at the lease once
 their replication stream from the old primary breaks, which behind a
 silent partition is at the heal (or after minutes of TCP keepalive). So
-the successor usually takes over after the heal; the test says which in
-its summary line (pytest -s) and checks that:
+without the relay the successor usually takes over after the heal. With
+litegate's stream relay (lease.relay_listen, LiteFS's advertise-url on
+every node) the relay drops those streams when the old session expires,
+so the test holds the partition until a majority LiteFS is primary and a
+write through the majority is acknowledged, and checks that both happened
+before the heal. The test says which in its summary line (pytest -s) and,
+in both runs, checks that:
 
 - two LiteFS never said isPrimary at overlapping times, and the cut-off
   one's last `true` came before its successor's first;
@@ -50,8 +55,7 @@ import httpx
 import pytest
 
 from harness import enter_netns, wait_until
-from litefs_nodes import LiteNode, primaries, raft_leader, running_lease_cluster, skip_reason
-from netns import HubNet, netns_unusable
+from litefs_nodes import LiteNode, lease_cluster_in_namespaces, primaries, raft_leader, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -61,27 +65,14 @@ WRITERS = 3
 # upstream.timeout + 5 s for a write admitted by the cut-off primary.
 CLIENT_TIMEOUT = 40.0
 UPSTREAM_TIMEOUT = "3s"
-# How long the primary stays cut off.
+# How long the primary stays cut off (without the relay).
 PARTITION_HOLD = 8.0
-# The namespaces' addresses are not loopback, and litegate refuses plaintext
-# cluster traffic off loopback unless told the network is private: this one
-# exists only inside the test's namespaces.
-ALLOW_PLAINTEXT = "allow_plaintext = true\n"
 
 
-@pytest.fixture
-def partitioned_cluster(procs):
-    why = netns_unusable()
-    if why is not None:
-        pytest.skip(f"network namespaces cannot be made here: {why}")
-    net = HubNet(3)
-    try:
-        nodes = [LiteNode(procs, f"node-{i + 1}", i + 1, netns=net.names[i], host=net.address(i)) for i in range(3)]
-        with running_lease_cluster(procs, nodes, upstream_timeout=UPSTREAM_TIMEOUT,
-                                   netns={n.name: n.netns for n in nodes}, cluster_lines=ALLOW_PLAINTEXT):
-            yield net, nodes
-    finally:
-        net.close()
+@pytest.fixture(params=[False, True], ids=["advertise-litefs", "advertise-relay"])
+def partitioned_cluster(procs, request):
+    with lease_cluster_in_namespaces(procs, relay=request.param, upstream_timeout=UPSTREAM_TIMEOUT) as cluster:
+        yield cluster
 
 
 class PrimaryPoller:
@@ -214,6 +205,7 @@ def first(samples, after: float, primary: bool):
 
 def test_a_partitioned_primary_steps_down_before_another_node_becomes_primary(partitioned_cluster):
     net, nodes = partitioned_cluster
+    relay = nodes[0].relay_port is not None
     [old_name] = primaries(nodes)
     assert raft_leader(nodes) == old_name, "LiteFS's primary is litegate's Raft leader"
     old = next(n for n in nodes if n.name == old_name)
@@ -241,17 +233,26 @@ def test_a_partitioned_primary_steps_down_before_another_node_becomes_primary(pa
                    what=f"{old.name}'s LiteFS no longer primary")
         wait_until(lambda: raft_leader(majority) in majority_names, timeout=20,
                    what="a Raft leader elected in the majority")
-        # Hold the partition past the TTL the new leader waits before it
-        # expires the old primary's session, and the lock delay after it.
-        time.sleep(max(0.0, cut_at + PARTITION_HOLD - time.monotonic()))
-        net.plug(old.index - 1)
-        healed_at = time.monotonic()
-
         old_down = first(pollers[old.name].samples, cut_at, False)
 
         def successor_sampled():
             candidates = [x for n in nodes if (x := first(pollers[n.name].samples, old_down[0], True))]
             return min(candidates, key=lambda x: x[0]) if candidates else None
+
+        if relay:
+            # The relay drops the majority's streams to the cut-off primary
+            # once the new leader expires its session, so a majority LiteFS
+            # takes over with the partition still in place.
+            wait_until(lambda: successor_sampled() is not None, timeout=30,
+                       what="a majority LiteFS primary during the partition")
+            wait_until(lambda: writers.acknowledged(after=successor_sampled()[1]), timeout=30,
+                       what="a write acknowledged through the majority during the partition")
+        else:
+            # Hold the partition past the TTL the new leader waits before it
+            # expires the old primary's session, and the lock delay after it.
+            time.sleep(max(0.0, cut_at + PARTITION_HOLD - time.monotonic()))
+        net.plug(old.index - 1)
+        healed_at = time.monotonic()
 
         wait_until(lambda: successor_sampled() is not None, timeout=45, what="a LiteFS primary again")
         successor_first_true = successor_sampled()
@@ -310,9 +311,17 @@ def test_a_partitioned_primary_steps_down_before_another_node_becomes_primary(pa
     late = [e for e in log if e["node"] == f"app-{old.name}" and old_down[1] < e["t"] < primary_again]
     assert not late, f"{old.name}'s app committed writes after its LiteFS stepped down: {late[:5]}"
 
+    if relay:
+        assert successor is not old and successor_first_true[0] < healed_at, (
+            f"{successor.name} became primary {successor_first_true[0] - healed_at:.2f} s after the heal")
+        during_partition = [r for r in after_failover if r["done"] < healed_at]
+        assert during_partition, "no write acknowledged through the majority during the partition"
+
     outcomes = collections.Counter(str(r["outcome"]) for r in writers.results)
     during = "during" if successor_first_true[0] < healed_at else "after"
+    first_write = min(r["done"] for r in writers.acknowledged(after=cut_at))
     # Figures for the report (pytest -s), not assertions.
-    print(f"\npartition of {PARTITION_HOLD:.0f} s: {old.name}'s LiteFS last said primary "
-          f"{old_last_true[1] - cut_at:.2f} s after the cut; {successor.name} primary "
-          f"{successor_first_true[0] - cut_at:.2f} s after it ({during} the partition); outcomes {dict(outcomes)}")
+    print(f"\n{'relay' if relay else 'no relay'}, partition held {healed_at - cut_at:.1f} s: {old.name}'s LiteFS "
+          f"last said primary {old_last_true[1] - cut_at:.2f} s after the cut; {successor.name} primary "
+          f"{successor_first_true[0] - cut_at:.2f} s after it ({during} the partition); first write acknowledged "
+          f"{first_write - cut_at:.2f} s after it; outcomes {dict(outcomes)}")

@@ -20,6 +20,7 @@ use crate::cluster::server::ClusterService;
 use crate::config::{validate_upstream_url, Config, PrimaryMode};
 use crate::consistency::Position;
 use crate::lease::listener::LeaseHandler;
+use crate::lease::relay::Relay;
 use crate::lease::LeaseService;
 use crate::listen::fd_limit::FdLimits;
 use crate::litefs::{self, Watcher};
@@ -485,6 +486,18 @@ async fn lease_listener(
         count_traffic: false,
     };
     tokio::spawn(side.serve(listener, handler, stop.clone()));
+    if !config.lease.relay_listen.is_empty() {
+        let addr: SocketAddr = config.lease.relay_listen.parse().map_err(|_| {
+            format!(
+                "config key `lease.relay_listen`: {:?} is not IP:PORT",
+                config.lease.relay_listen
+            )
+        })?;
+        let listener = bind("lease.relay_listen", addr).await?;
+        tracing::info!(relay = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), litefs_port = config.lease.litefs_port, "LiteFS stream relay up");
+        let relay = Arc::new(Relay::new(config, Arc::clone(&node.lease), caps.admin));
+        tokio::spawn(relay.serve(listener, stop.clone()));
+    }
     Ok(Some(service))
 }
 

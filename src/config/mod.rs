@@ -345,6 +345,13 @@ pub struct LeaseConfig {
     /// A Raft leader whose LiteFS has not taken the lease this long after
     /// the election hands leadership to another node.
     pub takeover_timeout: Duration,
+    /// Empty: no relay. Loopback `IP:PORT` otherwise: LiteFS's
+    /// `lease.advertise-url` on every node, relayed to the lease holder's
+    /// LiteFS (`lease::relay`).
+    pub relay_listen: String,
+    /// The port every node's LiteFS HTTP API listens on from the network;
+    /// the relay connects to it on the holder's cluster host.
+    pub litefs_port: u16,
 }
 
 /// A secret in the effective config `litegate check` prints: whether it is
@@ -360,6 +367,8 @@ impl Default for LeaseConfig {
             token: String::new(),
             key: "litefs/primary".to_owned(),
             takeover_timeout: Duration::from_secs(30),
+            relay_listen: String::new(),
+            litefs_port: 20202,
         }
     }
 }

@@ -255,6 +255,8 @@ pub(super) fn validate(c: &Config, origin: &Origin) -> Result<(), ConfigError> {
     }
     if !c.lease.listen.is_empty() {
         lease(c).map_err(|(key, m)| ConfigError::key(key, origin, m))?;
+    } else if !c.lease.relay_listen.is_empty() {
+        return Err(ConfigError::key("lease.relay_listen", origin, "the relay follows the lease litegate holds for LiteFS: set lease.listen too, or leave lease.relay_listen empty"));
     }
     if c.primary.mode == PrimaryMode::Dev {
         return Ok(());
@@ -447,6 +449,34 @@ fn lease(c: &Config) -> Result<(), (&'static str, String)> {
     }
     if c.lease.key.is_empty() || c.lease.key.starts_with('/') {
         return Err(("lease.key", "LiteFS's lease key without a leading /: the consul URL's path joined with lease.consul.key, e.g. \"litefs/primary\"".into()));
+    }
+    if !c.lease.relay_listen.is_empty() {
+        relay(c, addr)?;
+    }
+    Ok(())
+}
+
+/// `lease.relay_listen`: the LiteFS on this node connects to it as its
+/// primary's advertise URL, so it is loopback only, like the lease.
+fn relay(c: &Config, lease_addr: std::net::SocketAddr) -> Result<(), (&'static str, String)> {
+    let addr: std::net::SocketAddr = c.lease.relay_listen.parse().map_err(|_| {
+        ("lease.relay_listen", format!("{:?} is not IP:PORT: write e.g. \"127.0.0.1:20203\" (LiteFS's lease.advertise-url on every node is then http://127.0.0.1:20203), or leave it empty for no relay", c.lease.relay_listen))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(("lease.relay_listen", format!("{addr} is not a loopback address: only the LiteFS on this node connects to it; use 127.0.0.1:PORT")));
+    }
+    if addr == lease_addr {
+        return Err((
+            "lease.relay_listen",
+            format!("{addr} is lease.listen's address too: give the relay a port of its own"),
+        ));
+    }
+    if c.lease.litefs_port == 0 {
+        return Err((
+            "lease.litefs_port",
+            "must be the port every node's LiteFS HTTP API listens on (its http.addr), e.g. 20202"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -779,6 +809,26 @@ mod tests {
         c.lease.key = "/litefs/primary".into();
         assert!(refusal(&c).contains("lease.key"), "{}", refusal(&c));
         c.lease.key = "litefs/primary".into();
+        c.lease.relay_listen = "0.0.0.0:20203".into();
+        assert!(
+            refusal(&c).contains("lease.relay_listen"),
+            "{}",
+            refusal(&c)
+        );
+        c.lease.relay_listen = "127.0.0.1:8500".into();
+        assert!(refusal(&c).contains("a port of its own"), "{}", refusal(&c));
+        c.lease.relay_listen = "127.0.0.1:20203".into();
+        c.lease.litefs_port = 0;
+        assert!(refusal(&c).contains("lease.litefs_port"), "{}", refusal(&c));
+        c.lease.litefs_port = 20202;
+        validate(&c, &Origin::Flags).unwrap();
+        c.lease.listen = String::new();
+        assert!(
+            refusal(&c).contains("set lease.listen too"),
+            "{}",
+            refusal(&c)
+        );
+        c.lease.listen = "127.0.0.1:8500".into();
         c.primary.mode = PrimaryMode::Static;
         c.primary.static_primary = "a".into();
         assert!(

@@ -10,11 +10,14 @@
 //! - [`service`]: the leader executes, followers forward; TTL timers.
 //! - [`listener`]: the loopback listener and its token.
 //! - [`handoff`]: LiteFS's own handoff inside `litegate handoff`.
+//! - [`relay`]: LiteFS's advertise URL, relayed to the holder's LiteFS and
+//!   cut when the holder changes.
 
 pub mod consul;
 pub mod handoff;
 pub mod listener;
 pub mod machine;
+pub mod relay;
 pub mod service;
 pub mod state;
 
