@@ -1,5 +1,6 @@
 //! Connection affinity for reads. Each HTTP/1.x client connection keeps
-//! its own keep-alive connection to the app, opened on its first read and
+//! its own keep-alive connection to the app, opened on its second read
+//! (many connections send only one: their first read takes the pool) and
 //! driven by the client connection's own task (`server.rs` polls it next to
 //! the client connection), so a read reaches the app and its answer comes
 //! back without a pool checkout or a hop to another task.
@@ -7,10 +8,10 @@
 //! The held connection is dropped, and so closed, when the client
 //! connection ends, when the app closes it or it fails, when a request on
 //! it was abandoned part way (a timeout), and when it has been idle for
-//! `upstream.pool_idle_timeout`. How many client connections may hold one
-//! at once is bounded (`UpstreamClient`'s affinity budget); a read that
-//! finds none free, or its connection's one still busy, uses the shared
-//! pool as before.
+//! [`AFFINITY_IDLE`](super::client::AFFINITY_IDLE). How many client
+//! connections may hold one at once is bounded (`UpstreamClient`'s
+//! affinity budget); a read that finds none free, or its connection's one
+//! still busy, uses the shared pool as before.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +41,11 @@ pub struct ReadAffinity {
 
 #[derive(Default)]
 struct Inner {
-    held: Option<Held>,
+    /// Boxed: most client connections hold nothing, and an idle one should
+    /// cost as little as it can.
+    held: Option<Box<Held>>,
+    /// This client connection has sent a read before.
+    read_before: bool,
     /// The task that drives the held connection, woken when one is put in.
     driver_task: Option<Waker>,
 }
@@ -65,11 +70,14 @@ struct Held {
 pub enum Checkout<'a> {
     /// The held connection, free and ready for a request.
     Ready(Lease<'a>),
-    /// A request is still on the held connection (its response body is
-    /// streaming, or another request of this client connection has it).
-    Busy,
-    /// Nothing held: the read may open one.
-    Empty,
+    /// Nothing held, and this is not the client connection's first read:
+    /// the read may open one.
+    Open,
+    /// The read goes through the pool: it is the client connection's first
+    /// (many send only one, and a connection opened for it would be
+    /// closed again unused), or a request is still on the held connection
+    /// (its response body is streaming).
+    Pool,
 }
 
 /// A newly opened connection to the app, not yet driven.
@@ -141,18 +149,21 @@ impl ReadAffinity {
     /// closed is dropped here, so the read opens a fresh one.
     pub fn checkout(&self) -> Checkout<'_> {
         let mut inner = self.lock();
+        if !std::mem::replace(&mut inner.read_before, true) {
+            return Checkout::Pool;
+        }
         let Some(held) = inner.held.as_mut() else {
-            return Checkout::Empty;
+            return Checkout::Open;
         };
         let Some(sender) = held.sender.as_ref() else {
-            return Checkout::Busy;
+            return Checkout::Pool;
         };
         if sender.is_closed() {
             inner.held = None;
-            return Checkout::Empty;
+            return Checkout::Open;
         }
         if !sender.is_ready() {
-            return Checkout::Busy;
+            return Checkout::Pool;
         }
         held.last_used = Instant::now();
         let sender = held.sender.take();
@@ -174,7 +185,7 @@ impl ReadAffinity {
         } = opened;
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.held = Some(Held {
+        inner.held = Some(Box::new(Held {
             timer_unarmed: true,
             sender: None,
             driver: Box::pin(driver),
@@ -182,7 +193,7 @@ impl ReadAffinity {
             idle_timeout,
             last_used: now,
             idle_check: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
-        });
+        }));
         if let Some(task) = &inner.driver_task {
             task.wake_by_ref();
         }
@@ -478,16 +489,17 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(get(&mut first).await, (StatusCode::OK, Bytes::from("ok")));
         }
-        // Five reads, one connection to the app (the pool would have
-        // opened one too, but nothing here holds it while it idles).
-        assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+        // The first read took the pool's connection, the other four the
+        // client connection's own.
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
         let mut second = http1_client(addr).await;
         for _ in 0..3 {
             assert_eq!(get(&mut second).await.0, StatusCode::OK);
             assert_eq!(get(&mut first).await.0, StatusCode::OK);
         }
-        // Interleaved, each client connection still uses its own.
-        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+        // Interleaved, each client connection keeps to its own (the pool
+        // alone would have used one connection for all of them).
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 3);
         assert_eq!(app.closed.load(Ordering::SeqCst), 0);
     }
 
@@ -509,11 +521,32 @@ mod tests {
         let app = app(AfterAnswer::KeepAlive).await;
         let (addr, _stop) = proxy(&app, 16).await;
         let mut client = http1_client(addr).await;
+        // The pool's connection, then the client connection's own.
         assert_eq!(get(&mut client).await.0, StatusCode::OK);
-        assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(app.closed.load(Ordering::SeqCst), 0);
         drop(client);
+        // Its own closes with it; the pool keeps the other.
         assert_eq!(settle(&app.closed, 1).await, 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_connection_lets_its_app_connection_go() {
+        let app = app(AfterAnswer::KeepAlive).await;
+        let (addr, _stop) = proxy(&app, 16).await;
+        let mut client = http1_client(addr).await;
+        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+        // The client stays connected and sends nothing: its own app
+        // connection closes after `AFFINITY_IDLE` (the pool's stays, for
+        // `upstream.pool_idle_timeout`).
+        assert_eq!(settle(&app.closed, 1).await, 1);
+        // The next reads open a new one.
+        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
@@ -522,13 +555,15 @@ mod tests {
         let (addr, _stop) = proxy(&app, 1).await;
         let mut holder = http1_client(addr).await;
         assert_eq!(get(&mut holder).await.0, StatusCode::OK);
+        assert_eq!(get(&mut holder).await.0, StatusCode::OK);
         let mut others = Vec::new();
         for _ in 0..3 {
             let mut client = http1_client(addr).await;
             assert_eq!(get(&mut client).await.0, StatusCode::OK);
+            assert_eq!(get(&mut client).await.0, StatusCode::OK);
             others.push(client);
         }
-        // The holder's connection and the pool's one (reused in turn).
+        // The holder's own connection and the pool's one, reused in turn.
         assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
         drop(holder);
         assert_eq!(settle(&app.closed, 1).await, 1);

@@ -34,6 +34,12 @@ use super::write_pool::WritePool;
 /// head and keeps streaming at full speed.
 pub const APP_READ_BUFFER: usize = 64 * 1024;
 
+/// How long a client connection that sends nothing keeps its own
+/// connection to the app (at most `upstream.pool_idle_timeout`). Short: a
+/// client that sends its requests back to back keeps it, and an idle one
+/// holds no second socket and no buffers for it (each about 8 KiB).
+pub const AFFINITY_IDLE: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     reads: Client<AppConnector, ProxyBody>,
@@ -46,6 +52,8 @@ pub struct UpstreamClient {
     /// `host:port` of the app.
     address: Arc<str>,
     connect_timeout: Duration,
+    /// How long a client connection keeps its own connection to the app
+    /// while it sends nothing.
     idle_timeout: Duration,
     scheme: Scheme,
     authority: Authority,
@@ -97,7 +105,7 @@ impl UpstreamClient {
             affinity_budget: Arc::new(Semaphore::new(affinity_cap)),
             address: Arc::from(address),
             connect_timeout: config.connect_timeout.get(),
-            idle_timeout: config.pool_idle_timeout.get(),
+            idle_timeout: config.pool_idle_timeout.get().min(AFFINITY_IDLE),
             scheme: target.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority,
             timeout: config.timeout.get(),
@@ -166,8 +174,8 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut lease = match affinity.checkout() {
             Checkout::Ready(lease) => lease,
-            Checkout::Busy => return self.send_pooled(req).await,
-            Checkout::Empty => {
+            Checkout::Pool => return self.send_pooled(req).await,
+            Checkout::Open => {
                 let Ok(budget) = Arc::clone(&self.affinity_budget).try_acquire_owned() else {
                     return self.send_pooled(req).await;
                 };
