@@ -46,12 +46,16 @@ struct Inner {
     held: Option<Box<Held>>,
     /// This client connection has sent a read before.
     read_before: bool,
+    /// How many connections this slot has held: each one's number, so a
+    /// lease acts only on the connection it was lent.
+    opened: u64,
     /// The task that drives the held connection, woken when one is put in.
     driver_task: Option<Waker>,
 }
 
 /// A connection to the app held by one client connection.
 struct Held {
+    number: u64,
     /// The idle timer has not been polled yet, so cannot wake anyone.
     timer_unarmed: bool,
     /// Absent while a request is on its way (a [`Lease`] has it).
@@ -166,11 +170,12 @@ impl ReadAffinity {
             return Checkout::Pool;
         }
         held.last_used = Instant::now();
-        let sender = held.sender.take();
+        let (sender, number) = (held.sender.take(), held.number);
         drop(inner);
         Checkout::Ready(Lease {
             affinity: self,
             sender,
+            number,
         })
     }
 
@@ -185,7 +190,10 @@ impl ReadAffinity {
         } = opened;
         let now = Instant::now();
         let mut inner = self.lock();
+        inner.opened += 1;
+        let number = inner.opened;
         inner.held = Some(Box::new(Held {
+            number,
             timer_unarmed: true,
             sender: None,
             driver: Box::pin(driver),
@@ -201,17 +209,23 @@ impl ReadAffinity {
         Lease {
             affinity: self,
             sender: Some(sender),
+            number,
         }
     }
 
-    fn give_back(&self, sender: http1::SendRequest<ProxyBody>) {
-        if let Some(held) = self.lock().held.as_mut() {
+    fn give_back(&self, sender: http1::SendRequest<ProxyBody>, number: u64) {
+        if let Some(held) = self.lock().held.as_mut().filter(|h| h.number == number) {
             held.sender = Some(sender);
         }
     }
 
-    fn discard(&self) {
-        let held = self.lock().held.take();
+    fn discard(&self, number: u64) {
+        let mut inner = self.lock();
+        let held = match inner.held.as_ref() {
+            Some(held) if held.number == number => inner.held.take(),
+            _ => None,
+        };
+        drop(inner);
         // Closed outside the lock.
         drop(held);
     }
@@ -230,6 +244,8 @@ impl ReadAffinity {
 pub struct Lease<'a> {
     affinity: &'a ReadAffinity,
     sender: Option<http1::SendRequest<ProxyBody>>,
+    /// Which of the slot's connections this is.
+    number: u64,
 }
 
 impl Lease<'_> {
@@ -241,7 +257,7 @@ impl Lease<'_> {
 
     pub fn give_back(mut self) {
         if let Some(sender) = self.sender.take() {
-            self.affinity.give_back(sender);
+            self.affinity.give_back(sender, self.number);
         }
     }
 }
@@ -249,7 +265,7 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if self.sender.is_some() {
-            self.affinity.discard();
+            self.affinity.discard(self.number);
         }
     }
 }
