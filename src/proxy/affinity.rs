@@ -28,9 +28,8 @@ use tokio::time::{Instant, Sleep};
 use super::body::{BoxError, ProxyBody};
 use super::errors::ProxyError;
 
-/// The held connection's I/O, as a trait object: its `Send` is then
-/// proven once, here, rather than inside every generic future that holds
-/// a client connection (where rustc cannot prove it for hyper's type).
+/// The held connection's I/O (hyper's connection future), boxed once when
+/// it is opened.
 type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// One client connection's slot for its connection to the app.
