@@ -226,7 +226,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
     }
 
     let target = validate_upstream_url(&config.upstream.url)?;
-    let upstream = UpstreamClient::new(&config.upstream, &target);
+    let upstream = UpstreamClient::new(&config.upstream, &target, caps.app_affinity);
     let health = Arc::new(UpstreamHealth::default());
     if !config.node.witness {
         health.spawn_prober(
@@ -508,6 +508,9 @@ struct ConnectionCaps {
     public: usize,
     cluster: usize,
     admin: usize,
+    /// How many client connections may each hold a connection to the app
+    /// for their reads (`proxy/affinity.rs`).
+    app_affinity: usize,
 }
 
 impl ConnectionCaps {
@@ -516,6 +519,7 @@ impl ConnectionCaps {
             public: config.public.max_connections,
             cluster: config.cluster.max_connections,
             admin: config.admin.max_connections,
+            app_affinity: config.upstream.max_concurrency,
         };
         let Some(limits) = FdLimits::raise() else {
             return configured;
@@ -524,6 +528,7 @@ impl ConnectionCaps {
             public: limits.public_cap(configured.public),
             cluster: limits.cluster_cap(configured.cluster),
             admin: limits.admin_cap(configured.admin),
+            app_affinity: limits.app_affinity_cap(configured.app_affinity),
         };
         tracing::info!(
             nofile_soft = limits.soft,
@@ -531,6 +536,7 @@ impl ConnectionCaps {
             public_max_connections = caps.public,
             cluster_max_connections = caps.cluster,
             admin_max_connections = caps.admin,
+            app_affinity_connections = caps.app_affinity,
             "file descriptor limit and connection caps"
         );
         // Only a cap the operator chose is worth a warning; the default

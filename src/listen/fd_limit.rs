@@ -58,6 +58,14 @@ impl FdLimits {
     pub fn admin_cap(self, configured: usize) -> usize {
         cap(configured, self.budget() / 8)
     }
+
+    /// Client connections holding a connection to the app of their own
+    /// (`proxy/affinity.rs`) take at most a sixteenth of the budget, so
+    /// half of the eighth the listeners leave stays for the pools to the
+    /// app and the peers. Past it, reads use the pool.
+    pub fn app_affinity_cap(self, configured: usize) -> usize {
+        cap(configured, self.budget() / 16)
+    }
 }
 
 /// At least one connection, so a tiny limit still lets the node serve.
@@ -79,11 +87,13 @@ mod tests {
         let public = limits.public_cap(10_000);
         let cluster = limits.cluster_cap(1024);
         let admin = limits.admin_cap(64);
-        assert_eq!((public, cluster, admin), (96, 48, 24));
-        // What the three listeners can hold together leaves the reserve
-        // and an eighth of the budget for upstream and peer sockets.
-        let held = (public + cluster + admin) as u64;
-        assert!(held + FIXED_RESERVE + limits.budget() / 8 <= limits.soft);
+        let affinity = limits.app_affinity_cap(1024);
+        assert_eq!((public, cluster, admin, affinity), (96, 48, 24, 12));
+        // What the three listeners and the client connections' own app
+        // connections can hold together leaves the reserve and a
+        // sixteenth of the budget for the pools' upstream and peer sockets.
+        let held = (public + cluster + admin + affinity) as u64;
+        assert!(held + FIXED_RESERVE + limits.budget() / 16 <= limits.soft);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! `TCP_NODELAY`, a connect timeout, a bound on requests in flight (shared
 //! by reads and writes; a request waiting for a turn is counted in
 //! `litegate_requests_queued`), and a deadline for the response head.
-//! Writes use their own pool, whose connections are fenced (`fence.rs`).
+//! Reads from an HTTP/1.x client go on the client connection's own
+//! connection to the app where it has one (`affinity.rs`); the others, and
+//! reads that find none free, take the pool. Writes use their own pool,
+//! whose connections are fenced (`fence.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::config::UpstreamConfig;
 use crate::metrics;
 
+use super::affinity::{self, Checkout, ReadAffinity};
 use super::app_connector::AppConnector;
 use super::body::ProxyBody;
 use super::client_body;
@@ -30,19 +34,36 @@ use super::write_pool::WritePool;
 /// head and keeps streaming at full speed.
 pub const APP_READ_BUFFER: usize = 64 * 1024;
 
+/// How long a client connection that sends nothing keeps its own
+/// connection to the app (at most `upstream.pool_idle_timeout`). Short: a
+/// client that sends its requests back to back keeps it, and an idle one
+/// holds no second socket and no buffers for it (each about 8 KiB).
+pub const AFFINITY_IDLE: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     reads: Client<AppConnector, ProxyBody>,
     writes: Arc<WritePool>,
     /// `upstream.max_concurrency` turns at the app, for reads and writes.
     in_flight: Arc<Semaphore>,
+    /// How many client connections may hold a connection to the app of
+    /// their own (`affinity.rs`) at once.
+    affinity_budget: Arc<Semaphore>,
+    /// `host:port` of the app.
+    address: Arc<str>,
+    connect_timeout: Duration,
+    /// How long a client connection keeps its own connection to the app
+    /// while it sends nothing.
+    idle_timeout: Duration,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
 }
 
 impl UpstreamClient {
-    pub fn new(config: &UpstreamConfig, target: &Uri) -> Self {
+    /// `affinity_cap`: how many client connections may each hold a
+    /// connection to the app at once; 0 sends every read through the pool.
+    pub fn new(config: &UpstreamConfig, target: &Uri, affinity_cap: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout.get()));
@@ -64,8 +85,15 @@ impl UpstreamClient {
             .cloned()
             .expect("upstream.url was validated to have a host");
         let port = authority.port_u16().unwrap_or(80);
+        let address = format!("{}:{port}", authority.host());
+        // An idle timeout of zero keeps no connection: nothing to hold.
+        let affinity_cap = if config.pool_idle_timeout.get().is_zero() {
+            0
+        } else {
+            affinity_cap.min(Semaphore::MAX_PERMITS)
+        };
         let writes = WritePool::new(
-            format!("{}:{port}", authority.host()),
+            address.clone(),
             config.connect_timeout.get(),
             config.pool_idle_timeout.get(),
             config.max_concurrency,
@@ -74,6 +102,10 @@ impl UpstreamClient {
             reads,
             writes,
             in_flight,
+            affinity_budget: Arc::new(Semaphore::new(affinity_cap)),
+            address: Arc::from(address),
+            connect_timeout: config.connect_timeout.get(),
+            idle_timeout: config.pool_idle_timeout.get().min(AFFINITY_IDLE),
             scheme: target.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority,
             timeout: config.timeout.get(),
@@ -98,28 +130,96 @@ impl UpstreamClient {
         Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
     }
 
-    /// Sends a request and waits for the response head (not the body, which
+    /// Sends a read and waits for the response head (not the body, which
     /// streams for as long as the app sends it). `progress` is how the
     /// client's body is doing, passed here rather than in the request's
-    /// extensions, which cost three allocations per request.
+    /// extensions, which cost three allocations per request. `affinity` is
+    /// the client connection's slot for a connection to the app of its own
+    /// (only an HTTP/1.x client's, and not for an upgrade).
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
         progress: &client_body::Progress,
+        affinity: Option<&ReadAffinity>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let exchange = async {
             let _turn = turn(&self.in_flight).await?;
-            self.reads.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::UpstreamUnreachable(e.into())
-                } else {
-                    ProxyError::UpstreamBroken(e.into())
-                }
-            })
+            match affinity {
+                Some(affinity) => self.send_affine(req, affinity).await,
+                None => self.send_pooled(req).await,
+            }
         };
         match client_body::head_within(self.timeout, Some(progress), exchange).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::UpstreamTimeout(self.timeout)),
+        }
+    }
+
+    async fn send_pooled(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+        self.reads.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                ProxyError::UpstreamUnreachable(e.into())
+            } else {
+                ProxyError::UpstreamBroken(e.into())
+            }
+        })
+    }
+
+    /// On the client connection's own connection to the app, opened here
+    /// if it has none and the budget allows; else through the pool.
+    async fn send_affine(
+        &self,
+        req: Request<ProxyBody>,
+        affinity: &ReadAffinity,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut lease = match affinity.checkout() {
+            Checkout::Ready(lease) => lease,
+            Checkout::Pool => return self.send_pooled(req).await,
+            Checkout::Open => {
+                let Ok(budget) = Arc::clone(&self.affinity_budget).try_acquire_owned() else {
+                    return self.send_pooled(req).await;
+                };
+                let opened = affinity::open(
+                    &self.address,
+                    self.connect_timeout,
+                    self.idle_timeout,
+                    budget,
+                )
+                .await?;
+                affinity.install(opened)
+            }
+        };
+        // The request line carries the path only (origin form); hyper's
+        // connection-level client sends the URI as it is given.
+        let (mut parts, body) = req.into_parts();
+        let absolute = std::mem::take(&mut parts.uri);
+        parts.uri = absolute
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        match lease
+            .sender()
+            .try_send_request(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(resp) => {
+                lease.give_back();
+                Ok(resp)
+            }
+            Err(mut failed) => {
+                // The lease closes the connection as it goes.
+                drop(lease);
+                match failed.take_message() {
+                    // The app had closed the connection and not a byte of
+                    // this request left: the pool sends it, as it would
+                    // have on a pooled connection found closed.
+                    Some(mut unsent) => {
+                        *unsent.uri_mut() = absolute;
+                        self.send_pooled(unsent).await
+                    }
+                    None => Err(ProxyError::UpstreamBroken(failed.into_error().into())),
+                }
+            }
         }
     }
 
@@ -255,7 +355,7 @@ mod tests {
     async fn a_deposed_node_sends_no_byte_of_a_write() {
         let (uri, received) = counting_app(Answer::EveryRead).await;
         let cell = PrimaryCell::new(state(Role::Primary));
-        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri);
+        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri, 0);
 
         // Primary: the write goes out, and the connection is kept.
         let resp = client
@@ -306,7 +406,7 @@ mod tests {
             .header(http::header::HOST, "app")
             .body(read_body)
             .unwrap();
-        let resp = client.send(read, &progress).await.unwrap();
+        let resp = client.send(read, &progress, None).await.unwrap();
         assert_eq!(resp.status(), 200);
         // No connection info on each response: it cost three allocations
         // per request (app_connector.rs).
@@ -331,7 +431,7 @@ mod tests {
     async fn a_write_fenced_mid_body_after_an_early_answer_counts_as_sent() {
         let (uri, received) = counting_app(Answer::Early).await;
         let cell = PrimaryCell::new(state(Role::Primary));
-        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri);
+        let client = UpstreamClient::new(&UpstreamConfig::default(), &uri, 0);
         let (mut tx, streamed) =
             http_body_util::channel::Channel::<bytes::Bytes, body::BoxError>::new(1);
         let mut req = post(&client);

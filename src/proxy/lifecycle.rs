@@ -71,6 +71,7 @@ impl Proxy {
             progress,
             client_version,
             client_upgrade,
+            affinity,
             ..
         } = prepared;
         respond::stamp_role(&mut parts.headers, &self.primary.current());
@@ -78,7 +79,11 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let result = self
             .upstream
-            .send(Request::from_parts(parts, body), &progress)
+            .send(
+                Request::from_parts(parts, body),
+                &progress,
+                affinity.as_deref(),
+            )
             .await
             .map_err(|err| errors::blame_client_body(err, progress.fault()))
             .and_then(|resp| respond::relay(resp, client_upgrade, client_version, Origin::App));

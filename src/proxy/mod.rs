@@ -58,6 +58,7 @@
 //! [`ProxyError`]: errors::ProxyError
 //! [`ProxyError::next`]: errors::ProxyError::next
 
+pub mod affinity;
 mod app_connector;
 pub mod body;
 pub mod classify;
@@ -95,6 +96,7 @@ use crate::consistency::Position;
 use crate::metrics;
 use crate::primary::{PrimarySource, PrimaryWatch, Role, WritePermit};
 
+use affinity::ReadAffinity;
 use body::ProxyBody;
 use classify::Class;
 use client::UpstreamClient;
@@ -165,6 +167,9 @@ struct Prepared {
     client_upgrade: Option<ClientUpgrade>,
     /// The client reached us over https (for the cookie's `Secure`).
     client_https: bool,
+    /// The client connection's own connection to the app, for a read
+    /// (`affinity.rs`): HTTP/1.x clients only, never for an upgrade.
+    affinity: Option<Arc<ReadAffinity>>,
 }
 
 /// How a request ended, for the response and the metrics.
@@ -226,13 +231,26 @@ impl Proxy {
     }
 
     /// A client request, start to finish. Never fails: every error becomes
-    /// the response docs/design.md §7 describes.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// the response docs/design.md §7 describes. `affinity` is the client
+    /// connection's slot for a connection to the app of its own.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        affinity: Option<Arc<ReadAffinity>>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let _in_flight = metrics::InFlight::enter();
         let outcome = match self.prepare(req, conn) {
             Err((class, err)) => Outcome::rejected(class, err),
-            Ok(prepared) => self.deliver(prepared, started).await,
+            Ok(mut prepared) => {
+                // An upgrade takes its connection to the app away for the
+                // rest of its life: it keeps to the pool.
+                if prepared.client_upgrade.is_none() {
+                    prepared.affinity = affinity;
+                }
+                self.deliver(prepared, started).await
+            }
         };
         self.finish(outcome, metrics::RequestOrigin::Client, started)
     }
@@ -458,6 +476,7 @@ impl Proxy {
             client_version,
             client_upgrade,
             client_https,
+            affinity: None,
         })
     }
 
@@ -477,7 +496,20 @@ impl server::Handler for Proxy {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
-        Proxy::handle(&self, req, conn).await
+        Proxy::handle(&self, req, conn, None).await
+    }
+
+    fn keeps_app_connections(&self) -> bool {
+        true
+    }
+
+    async fn handle_with_affinity(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        affinity: Arc<ReadAffinity>,
+    ) -> Response<ProxyBody> {
+        Proxy::handle(&self, req, conn, Some(affinity)).await
     }
 
     fn is_trusted(&self, peer: &SocketAddr) -> bool {

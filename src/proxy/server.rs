@@ -8,13 +8,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,6 +33,7 @@ use crate::listen::activity::{Activity, InFlight};
 use crate::metrics;
 use crate::shutdown::Shutdown;
 
+use super::affinity::ReadAffinity;
 use super::body::{BoxError, ProxyBody};
 use super::ConnInfo;
 
@@ -59,6 +61,24 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether the peer is a proxy whose `X-Forwarded-*` may be kept.
     fn is_trusted(&self, _peer: &SocketAddr) -> bool {
         false
+    }
+
+    /// Whether each connection keeps a connection to the app of its own
+    /// for its reads (`affinity.rs`), driven by the connection's task; its
+    /// HTTP/1.x requests then go to
+    /// [`handle_with_affinity`](Self::handle_with_affinity), its HTTP/2
+    /// ones to [`handle`](Self::handle).
+    fn keeps_app_connections(&self) -> bool {
+        false
+    }
+
+    fn handle_with_affinity(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        _affinity: Arc<ReadAffinity>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        self.handle(req, conn)
     }
 }
 
@@ -240,14 +260,25 @@ impl<H: Handler> Conn<H> {
             count_bytes,
         } = self;
         let tracked = Arc::clone(&activity);
-        let service = service_fn(move |req| {
+        let affinity = handler.keeps_app_connections().then(ReadAffinity::new);
+        let for_requests = affinity.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
             let handler = Arc::clone(&handler);
             let in_flight = tracked.request_started();
+            // An HTTP/2 client's requests run concurrently, each in a task
+            // of its own: they keep to the pool.
+            let affinity = for_requests
+                .as_ref()
+                .filter(|_| req.version() < Version::HTTP_2)
+                .map(Arc::clone);
             // Boxed: hyper keeps room for one service future in every
             // connection, idle ones too; a request's future is several KB, a
             // box is a pointer.
             let response: BoxFuture = Box::pin(async move {
-                let response = handler.handle(req, info).await;
+                let response = match affinity {
+                    Some(affinity) => handler.handle_with_affinity(req, info, affinity).await,
+                    None => handler.handle(req, info).await,
+                };
                 Ok(response.map(|body| {
                     TrackedBody {
                         body,
@@ -261,24 +292,184 @@ impl<H: Handler> Conn<H> {
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
+        let halves = affinity.as_ref().map(|_| TwoHalves::new());
+        let affinity = affinity.as_deref().zip(halves.as_ref());
         let ended = tokio::select! {
-            ended = conn.as_mut() => ended,
+            ended = with_app_connection(conn.as_mut(), affinity) => ended,
             _ = activity.expired() => {
                 tracing::debug!(peer = %info.peer, "closing a silent connection");
                 conn.as_mut().graceful_shutdown();
-                match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                match tokio::time::timeout(CLOSE_GRACE, with_app_connection(conn.as_mut(), affinity)).await {
                     Ok(ended) => ended,
                     Err(_) => Ok(()),
                 }
             }
             _ = shutdown.begun() => {
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                with_app_connection(conn.as_mut(), affinity).await
             }
         };
         if let Err(error) = ended {
             tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
         }
+        // The connection to the app this one held (if any) closes as the
+        // last reference to `affinity` goes, here.
+    }
+}
+
+/// Serves `conn` and, in the same task, drives the connection to the app
+/// it holds for its reads. Each of the two is polled only when it asked to
+/// be (its own waker), and again in the same pass when the other woke it:
+/// a request the client connection hands over goes out, and an answer
+/// that came in reaches the request waiting for it, without the task being
+/// scheduled again or the client connection polled for nothing. A struct
+/// rather than an `async` or `poll_fn` wrapper: a generic function's opaque
+/// future type here makes rustc unable to prove the task `Send`.
+struct WithAppConnection<'a, F> {
+    conn: Pin<&'a mut F>,
+    app: Option<(&'a ReadAffinity, &'a TwoHalves)>,
+}
+
+fn with_app_connection<'a, F>(
+    conn: Pin<&'a mut F>,
+    app: Option<(&'a ReadAffinity, &'a TwoHalves)>,
+) -> WithAppConnection<'a, F> {
+    if let Some((_, halves)) = app {
+        // A new wrapper has not polled either half yet.
+        halves.conn.woken.store(true, Ordering::SeqCst);
+        halves.app.woken.store(true, Ordering::SeqCst);
+    }
+    WithAppConnection { conn, app }
+}
+
+impl<F: Future> Future for WithAppConnection<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some((affinity, halves)) = self.app else {
+            return self.conn.as_mut().poll(cx);
+        };
+        halves.task.enter(cx.waker());
+        // Bounded, so a pair that keeps waking each other still lets the
+        // runtime schedule other tasks.
+        for _ in 0..32 {
+            if halves.app.woken.swap(false, Ordering::SeqCst) {
+                affinity.drive(&mut Context::from_waker(&halves.app_waker));
+            }
+            if halves.conn.woken.swap(false, Ordering::SeqCst) {
+                let polled = self
+                    .conn
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&halves.conn_waker));
+                if polled.is_ready() {
+                    halves.task.leave();
+                    return polled;
+                }
+            }
+            if !halves.any_woken() && halves.task.leave_unless(|| halves.any_woken()) {
+                return Poll::Pending;
+            }
+        }
+        halves.task.leave();
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The wakers of a connection's two halves: the client connection and the
+/// connection to the app.
+pub(crate) struct TwoHalves {
+    task: Arc<TaskWaker>,
+    conn: Arc<Half>,
+    app: Arc<Half>,
+    conn_waker: std::task::Waker,
+    app_waker: std::task::Waker,
+}
+
+impl TwoHalves {
+    fn new() -> Self {
+        let task = Arc::new(TaskWaker::default());
+        let half = || {
+            Arc::new(Half {
+                woken: AtomicBool::new(true),
+                task: Arc::clone(&task),
+            })
+        };
+        let (conn, app) = (half(), half());
+        Self {
+            conn_waker: std::task::Waker::from(Arc::clone(&conn)),
+            app_waker: std::task::Waker::from(Arc::clone(&app)),
+            task,
+            conn,
+            app,
+        }
+    }
+
+    fn any_woken(&self) -> bool {
+        self.conn.woken.load(Ordering::SeqCst) || self.app.woken.load(Ordering::SeqCst)
+    }
+}
+
+/// The task's own waker, and whether the task is inside its poll (a half
+/// woken then is polled in the same pass, so the task is not woken too).
+#[derive(Default)]
+struct TaskWaker {
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+    polling: AtomicBool,
+}
+
+impl TaskWaker {
+    fn enter(&self, waker: &std::task::Waker) {
+        let mut held = self.waker.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *held = Some(waker.clone());
+        }
+        drop(held);
+        self.polling.store(true, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.polling.store(false, Ordering::SeqCst);
+    }
+
+    /// Leaves the poll, unless a half was woken meanwhile: then stays in
+    /// and says so (`false`), so that wake is not lost.
+    fn leave_unless(&self, woken: impl Fn() -> bool) -> bool {
+        self.polling.store(false, Ordering::SeqCst);
+        if woken() {
+            self.polling.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn wake(&self) {
+        if !self.polling.load(Ordering::SeqCst) {
+            if let Some(waker) = self
+                .waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
+struct Half {
+    woken: AtomicBool,
+    task: Arc<TaskWaker>,
+}
+
+impl std::task::Wake for Half {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.task.wake();
     }
 }
 
