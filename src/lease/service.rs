@@ -1035,6 +1035,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_term_restarts_every_ttl_timer() {
         let n = one_node("term").await;
+        // The expiry task adopts the leader's term on its first tick; a
+        // session created before that would have its timer restarted then.
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                n.service.timers().term != 0
+            })
+            .await
+        );
         let s1 = n.session("10s", "0s").await;
         let t0 = Instant::now();
         assert!(n

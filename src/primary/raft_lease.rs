@@ -208,7 +208,7 @@ impl Watcher for RaftLease {
     fn lease(&self, view: LeaseView, _from_api: bool) {
         let primary = view == LeaseView::Primary;
         self.litefs_primary
-            .send_if_modified(|seen| std::mem::replace(seen, Some(primary)) != Some(primary));
+            .send_if_modified(|seen| seen.replace(primary) != Some(primary));
     }
 }
 
