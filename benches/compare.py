@@ -10,7 +10,10 @@ The scaling row runs each proxy again with two workers on cores 1 and 2
 them on cores 0 and 1, shared with the load, and says so.
 
 Measures, for direct / litegate / nginx / HAProxy:
-- peak requests/s for GET at 1, 32 and 256 connections (wrk);
+- peak requests/s for GET at 1, 32 and 256 connections (wrk), and each
+  proxy's user and kernel CPU time per request at 32 and 256 connections
+  (from /proc, around the same rounds: at saturation it is what sets the
+  peak);
 - latency p50/p99/p99.9 at a fixed rate below saturation (bench-load rate,
   corrected for coordinated omission);
 - the forwarded write (litegate replica -> litegate primary -> app) against
@@ -96,6 +99,24 @@ class Procs:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and kernel CPU seconds of a process and its children (nginx's
+    workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = kernel = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            user += int(fields[11])
+            kernel += int(fields[12])
+            pids.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except FileNotFoundError:
+            pass
+    return user / tick, kernel / tick
 
 
 def rss_kib(pid: int) -> int:
@@ -265,8 +286,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="litegate-compare-"))
     procs = Procs()
-    results: dict = {"peak": {}, "latency": {}, "forward": {}, "memory": {}, "scaling": {}, "h2": {}, "tls": {},
-                     "rounds": {}}
+    results: dict = {"peak": {}, "cpu": {}, "latency": {}, "forward": {}, "memory": {}, "scaling": {}, "h2": {},
+                     "tls": {}, "rounds": {}}
     try:
         up = free_port()
         procs.start([UPSTREAM, "--listen", f"127.0.0.1:{up}", "--threads", "1"], LOAD_CORE)
@@ -307,12 +328,25 @@ def main() -> None:
             for t in TARGETS:
                 wrk(ports[t], conns, 2)  # warm-up: fills the pools to the upstream
             per = {t: [] for t in TARGETS}
+            # CPU seconds (user, kernel) and requests, summed over the rounds.
+            spent = {t: [0.0, 0.0, 0.0] for t in PROXIES}
             for _ in range(args.rounds):
                 for t in TARGETS:
-                    per[t].append(wrk(ports[t], conns, args.seconds))
+                    before = cpu_seconds(pids[t]) if t in PROXIES else None
+                    rate = wrk(ports[t], conns, args.seconds)
+                    per[t].append(rate)
+                    if before is not None:
+                        after = cpu_seconds(pids[t])
+                        spent[t][0] += after[0] - before[0]
+                        spent[t][1] += after[1] - before[1]
+                        spent[t][2] += rate * max(1, round(args.seconds))
             for t in TARGETS:
                 results["peak"].setdefault(t, {})[conns] = sum(per[t]) / len(per[t])
                 results["rounds"][f"peak{conns}/{t}"] = per[t]
+            for t in PROXIES:
+                user, kernel, requests = spent[t]
+                results["cpu"].setdefault(t, {})[conns] = {"user_us": 1e6 * user / requests,
+                                                           "kernel_us": 1e6 * kernel / requests}
             print(f"  {conns:>3} conns: " + "  ".join(f"{t} {results['peak'][t][conns]:,.0f}" for t in TARGETS))
 
         proxied_peak = min(results["peak"][t][32] for t in ("litegate", "nginx", "haproxy"))
@@ -479,6 +513,9 @@ def report(r: dict, args) -> None:
 
     for c in (1, 32, 256):
         row(f"peak GET, {c} conns", "req/s", {t: r["peak"][t][c] for t in TARGETS}, goal=(1.1, 1.0))
+    for c in (32, 256):
+        for k, label in (("user_us", "user"), ("kernel_us", "kernel")):
+            row(f"{label} CPU per GET, {c} conns", "µs", {t: r["cpu"][t][c][k] for t in PROXIES}, "lower")
     for k, label, goal in (("p50_us", "p50", None), ("p99_us", "p99", (1.0, None)), ("p999_us", "p99.9", (1.0, None))):
         row(f"GET {label} at {r['fixed_rate']:,.0f} req/s", "µs", {t: r["latency"][t][k] for t in TARGETS}, "lower",
             goal)
