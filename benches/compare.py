@@ -15,7 +15,12 @@ Measures, for direct / litegate / nginx / HAProxy:
   (from /proc, around the same rounds: at saturation it is what sets the
   peak);
 - latency p50/p99/p99.9 at a fixed rate below saturation (bench-load rate,
-  corrected for coordinated omission);
+  corrected for coordinated omission), for every request and for those
+  outside the run's stall windows (spans when at least 3/4 of the
+  connections were each over 1 ms late at once), with the windows' count
+  and length per round: on a shared machine a few windows set p99.9;
+- whether the machine pauses busy vCPUs: a busy loop's gaps over 2 ms on
+  one core alone and on every core at once (bench-load spin);
 - the forwarded write (litegate replica -> litegate primary -> app) against
   nginx doing the same two hops, and a local read for scale;
 - resident memory idle and with 1,000 and 10,000 idle keep-alive clients;
@@ -263,6 +268,16 @@ def load_rate(port: int, rate: float, conns: int, seconds: float, method: str = 
     return json.loads(out.strip().splitlines()[-1])
 
 
+def spin_start(core: str, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", core, LOAD, "spin", "--seconds", str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def spin(core: str, seconds: float) -> dict:
+    out = spin_start(core, seconds).communicate()[0]
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def hold(port: int, conns: int) -> tuple[subprocess.Popen, int]:
     p = subprocess.Popen(["taskset", "-c", LOAD_CORE, LOAD, "hold", "--target", f"127.0.0.1:{port}", "--conns",
                           str(conns)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -357,15 +372,43 @@ def main() -> None:
         results["fixed_rate"] = rate
         print(f"latency at a fixed {rate:,.0f} req/s over 32 connections (a quarter of the slowest proxy's peak)")
         per = {t: [] for t in TARGETS}
+        # CPU seconds (user + kernel) each proxy spent over its rounds here:
+        # below saturation too, CPU per request is what a pause's backlog
+        # drains at.
+        busy = {t: 0.0 for t in PROXIES}
         for _ in range(args.rounds):
             for t in TARGETS:
+                before = cpu_seconds(pids[t]) if t in PROXIES else (0, 0)
                 per[t].append(load_rate(ports[t], rate, 32, args.seconds * 2))
+                if t in PROXIES:
+                    busy[t] += sum(cpu_seconds(pids[t])) - sum(before)
+        for t in PROXIES:
+            results["cpu"][t]["fixed_rate_us"] = 1e6 * busy[t] / sum(r["requests"] for r in per[t])
+        keys = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "outside_p50_us", "outside_p99_us", "outside_p999_us")
         for t in TARGETS:
             runs = per[t]
-            results["latency"][t] = {k: sum(r[k] for r in runs) / len(runs) for k in ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
+            results["latency"][t] = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
             results["latency"][t]["errors"] = sum(r["errors"] for r in runs)
-            results["rounds"][f"latency/{t}"] = [r["p99_us"] for r in runs]
-            print(f"  {t:<9} p50 {results['latency'][t]['p50_us']:>7.0f} µs  p99 {results['latency'][t]['p99_us']:>7.0f} µs  p99.9 {results['latency'][t]['p999_us']:>7.0f} µs")
+            results["latency"][t]["stall_windows"] = sum(r["stall_windows"] for r in runs) / len(runs)
+            results["rounds"][f"latency/{t}"] = [{k: r[k] for k in ("p99_us", "p999_us", "stall_windows", "stall_us",
+                                                                    "outside_p99_us", "outside_p999_us")} for r in runs]
+            lat = results["latency"][t]
+            print(f"  {t:<9} p50 {lat['p50_us']:>6.0f} µs  p99 {lat['p99_us']:>6.0f} µs  p99.9 {lat['p999_us']:>6.0f} µs"
+                  f" | outside stall windows: p99 {lat['outside_p99_us']:>5.0f} µs  p99.9 {lat['outside_p999_us']:>5.0f} µs"
+                  " | windows per round: " + ", ".join(f"{r['stall_windows']} ({r['stall_us'] / 1000:.0f} ms)" for r in runs))
+
+        # The stall windows come from the machine when its host pauses a
+        # vCPU that is busy while the other is: measured here with nothing
+        # else running, one core spinning and then both.
+        spin_s = max(2.0, args.seconds)
+        alone = spin(PROXY_CORE, spin_s)
+        both = [p.communicate()[0] for p in [spin_start(core, spin_s) for core in (LOAD_CORE, PROXY_CORE)]]
+        both = [json.loads(out.strip().splitlines()[-1]) for out in both]
+        results["vcpu_pauses"] = {"alone": alone, "both": both}
+        print(f"busy loop, gaps over 2 ms in {spin_s:g} s: core {PROXY_CORE} alone {alone['gaps_over_2ms']}"
+              f" (longest {alone['longest_gap_us'] / 1000:.1f} ms); both cores at once: "
+              + ", ".join(f"core {c} {b['gaps_over_2ms']} (longest {b['longest_gap_us'] / 1000:.1f} ms)"
+                          for c, b in zip((LOAD_CORE, PROXY_CORE), both)))
 
         # Forwarded writes: two hops, litegate and nginx.
         secret = tmp / "secret"
@@ -506,7 +549,7 @@ def report(r: dict, args) -> None:
         sign = ">=" if better == "higher" else "<="
         goal_text = ", ".join(f"{sign} {b:g}x {o}" for b, o in zip(goal or (), ("nginx", "HAProxy")) if b is not None)
         rows.append({"metric": metric, "unit": unit, "better": better,
-                     **{t: round(values[t], 1) if t in values else "" for t in TARGETS},
+                     **{t: round(values[t], 3 if unit == "x" else 1) if t in values else "" for t in TARGETS},
                      "litegate_div_nginx": round(ratios["nginx"], 3) if ratios["nginx"] is not None else "",
                      "litegate_div_haproxy": round(ratios["haproxy"], 3) if ratios["haproxy"] is not None else "",
                      "goal": goal_text, "met": met})
@@ -516,9 +559,14 @@ def report(r: dict, args) -> None:
     for c in (32, 256):
         for k, label in (("user_us", "user"), ("kernel_us", "kernel")):
             row(f"{label} CPU per GET, {c} conns", "µs", {t: r["cpu"][t][c][k] for t in PROXIES}, "lower")
-    for k, label, goal in (("p50_us", "p50", None), ("p99_us", "p99", (1.0, None)), ("p999_us", "p99.9", (1.0, None))):
+    for k, label, goal in (("p50_us", "p50", None), ("p99_us", "p99", (1.0, None)), ("p999_us", "p99.9", (1.0, None)),
+                           ("outside_p99_us", "p99 outside stall windows", (1.0, None)),
+                           ("outside_p999_us", "p99.9 outside stall windows", (1.0, None))):
         row(f"GET {label} at {r['fixed_rate']:,.0f} req/s", "µs", {t: r["latency"][t][k] for t in TARGETS}, "lower",
             goal)
+    row(f"CPU per GET at {r['fixed_rate']:,.0f} req/s (user + kernel)", "µs",
+        {t: r["cpu"][t]["fixed_rate_us"] for t in PROXIES}, "lower")
+    row("stall windows per round at that rate", "count", {t: r["latency"][t]["stall_windows"] for t in TARGETS}, "lower")
     fwd = r["forward"]
     for k, label, goal in (("p50_us", "p50", (1.0, None)), ("p99_us", "p99", None)):
         row(f"forwarded write {label} (nginx: two hops)", "µs",
@@ -551,12 +599,16 @@ def report(r: dict, args) -> None:
             return ""
         return f"{v:,.2f}" if unit == "x" else f"{v:,.1f}"
 
-    lines = [f"{'metric':<42} {'direct':>10} {'litegate':>10} {'nginx':>10} {'HAProxy':>10} {'÷nginx':>7} "
+    lines = [f"{'metric':<58} {'direct':>10} {'litegate':>10} {'nginx':>10} {'HAProxy':>10} {'÷nginx':>7} "
              f"{'÷HAProxy':>8}  goal (litegate)             met"]
     for x in rows:
         ratios = [f"{x[k]:.2f}" if x[k] != "" else "" for k in ("litegate_div_nginx", "litegate_div_haproxy")]
-        lines.append(f"{x['metric'] + ' (' + x['unit'] + ')':<42} " + " ".join(f"{num(x[t], x['unit']):>10}" for t in TARGETS)
+        lines.append(f"{x['metric'] + ' (' + x['unit'] + ')':<58} " + " ".join(f"{num(x[t], x['unit']):>10}" for t in TARGETS)
                      + f" {ratios[0]:>7} {ratios[1]:>8}  {x['goal']:<27} {x['met']}")
+    pauses = r["vcpu_pauses"]
+    lines.append(f"busy loop, gaps over 2 ms: core {PROXY_CORE} alone {pauses['alone']['gaps_over_2ms']}; both cores at once: "
+                 + ", ".join(f"core {c} {b['gaps_over_2ms']}" for c, b in zip((LOAD_CORE, PROXY_CORE), pauses["both"]))
+                 + " (the machine pausing busy vCPUs, a cause of the stall windows)")
     table = "\n".join(lines)
     (OUT / "compare.txt").write_text(table + "\n")
     print("\n" + table)
