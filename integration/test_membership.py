@@ -29,17 +29,20 @@ def spec_of(node: ClusterNode, node_id: int) -> dict:
             "public_port": node.public_port, "admin_port": node.admin_port}
 
 
-def start_new_node(procs, existing: list[dict], node_id: int, name: str, upstream: str) -> ClusterNode:
+def start_new_node(procs, existing: list[dict], node_id: int, name: str, upstream: str, extra: str = "",
+                   env: dict | None = None) -> ClusterNode:
     """A node that is in no cluster yet: its own id and name, peers listing
-    the existing members and itself, no --bootstrap."""
+    the existing members and itself, no --bootstrap. `extra` goes into its
+    config, `env` into its environment."""
     me = {"id": node_id, "name": name, "upstream": upstream, "public_port": free_port(),
           "admin_port": free_port(), "cluster_port": free_port()}
     # The same secret the harness gave the cluster.
     secret_file = write_secret(procs.log_dir)
     path = procs.log_dir / f"{name}.toml"
-    path.write_text(cluster_config([*existing, me], me, procs.log_dir / f"{name}-data", secret_file, mode="raft"))
+    path.write_text(cluster_config([*existing, me], me, procs.log_dir / f"{name}-data", secret_file, extra=extra,
+                                   mode="raft"))
     env = {"LITEGATE_PUBLIC_LISTEN": f"127.0.0.1:{me['public_port']}",
-           "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{me['admin_port']}"}
+           "LITEGATE_ADMIN_LISTEN": f"127.0.0.1:{me['admin_port']}", **(env or {})}
     proc = procs.litegate(name, ["run", "--config", str(path)], env=env)
     node = ClusterNode(proc, me["public_port"], me["admin_port"], name, me["cluster_port"], path, env)
     node.witness = False

@@ -15,6 +15,8 @@ import signal
 import httpx
 
 from harness import LiteFS, free_port, header_values, restart, start_raft_cluster, wait_for_port, wait_until
+from test_membership import member, new_node_args, spec_of, start_new_node
+from test_raft_cluster import ADMIN
 
 TOKEN = "lease-token-for-tests-0123456789"
 KEY = "litefs/primary"
@@ -32,13 +34,16 @@ def create_session(port: int) -> str:
     return r.json()["ID"]
 
 
+LEASE_CONFIG = f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n'
+
+
 def lease_cluster(procs, upstream, env=None, config: str = ""):
     """Three litegates in raft mode with `[lease]`; `env(name)` adds to a
     node's environment. Returns the nodes and each one's lease port."""
     lease_ports = {f"node-{i}": free_port() for i in (1, 2, 3)}
     nodes = start_raft_cluster(
         procs, [upstream] * 3,
-        extra=f'[lease]\ntoken = "{TOKEN}"\nkey = "{KEY}"\ntakeover_timeout = "1h"\n\n{config}',
+        extra=f"{LEASE_CONFIG}\n{config}",
         node_env=lambda name: {"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports[name]}",
                                **(env(name) if env else {})},
     )
@@ -213,5 +218,49 @@ def test_the_holder_takes_writes_only_once_its_litefs_says_it_is_primary(procs, 
     standin.post("primary", node=leader.name)
     wait_until(lambda: leader.metric("litegate_is_primary") == 1, 10, "LiteFS and the lease agreeing")
     r = httpx.post(f"{leader.url}/echo", content=b"w", timeout=10)
+    assert r.status_code == 200, r.text
+    assert header_values(r.json(), "litegate-lease-session") == [session]
+
+
+def test_a_node_added_at_runtime_can_lead_and_hold_the_lease(procs, upstream):
+    """The lease, its forwarding and the primary's name follow the Raft
+    membership, not `cluster.peers`: node-4 is in no other node's config.
+    Before, a lease call to node-1 while node-4 led was answered 500 ("not
+    in cluster.peers"), and with node-4 holding the lease the others named
+    no primary, so their writes could not be forwarded."""
+    nodes, lease_ports = lease_cluster(procs, upstream)
+    leader = raft_leader(nodes)
+    lease_ports["node-4"] = free_port()
+    node4 = start_new_node(procs, [spec_of(n, i + 1) for i, n in enumerate(nodes)], 4, "node-4", upstream,
+                           extra=LEASE_CONFIG,
+                           env={"LITEGATE_LEASE_LISTEN": f"127.0.0.1:{lease_ports['node-4']}"})
+    wait_for_port(lease_ports["node-4"], node4.proc)
+    out = member(["add", *new_node_args(node4, 4), "--admin", leader.admin])
+    assert out.returncode == 0, out.stderr
+    # A node that has just started does not campaign (its start-up quiet
+    # period), so a handoff to it before then elects someone else.
+    wait_until(lambda: not node4.status()["raft"]["startup_quiet_ms_left"], timeout=30,
+               what="node-4's start-up quiet period to end")
+    r = httpx.post(f"{leader.admin}/handoff", params={"to": "node-4"}, timeout=30, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    everyone = [*nodes, node4]
+    wait_until(lambda: all(n.status()["raft"]["leader"] == "node-4" for n in everyone), timeout=15,
+               what="every node to name node-4 the Raft leader")
+
+    # node-1 forwards its LiteFS's calls to the leader it knows only from
+    # the Raft membership.
+    node1 = next(n for n in nodes if n.name == "node-1")
+    r = consul(lease_ports["node-1"], "PUT", "/v1/session/create",
+               '{"Behavior":"delete","LockDelay":"500ms","Name":"litefs","NodeChecks":[],"TTL":"30s"}')
+    assert r.status_code == 200, r.text
+
+    # node-4's LiteFS takes the lease: every node names node-4 the primary,
+    # and a write through node-1 reaches node-4's app with the hold.
+    session = create_session(lease_ports["node-4"])
+    r = consul(lease_ports["node-4"], "PUT", f"/v1/kv/{KEY}?acquire={session}", '{"hostname":"x"}')
+    assert (r.status_code, r.text) == (200, "true")
+    wait_until(lambda: all(n.status()["primary"] == "node-4" for n in everyone), timeout=15,
+               what="every node to name node-4 the primary")
+    r = httpx.post(f"{node1.url}/echo", content=b"w", timeout=10)
     assert r.status_code == 200, r.text
     assert header_values(r.json(), "litegate-lease-session") == [session]

@@ -308,6 +308,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), NodeError> {
         &config,
         raft_node.as_ref(),
         cluster_parts.as_ref(),
+        peers.as_ref(),
         &caps,
         &stop,
     )
@@ -444,13 +445,14 @@ async fn lease_listener(
     config: &Config,
     raft_node: Option<&Arc<raft::RaftNode>>,
     cluster_parts: Option<&ClusterParts>,
+    peers: Option<&Arc<PeerTable>>,
     caps: &ConnectionCaps,
     stop: &shutdown::Shutdown,
 ) -> Result<Option<Arc<LeaseService>>, NodeError> {
     if config.lease.listen.is_empty() {
         return Ok(None);
     }
-    let (Some(node), Some(parts)) = (raft_node, cluster_parts) else {
+    let (Some(node), Some(parts), Some(peers)) = (raft_node, cluster_parts, peers) else {
         return Err(NodeError::Setup(
             "config key `lease.listen`: the lease needs primary.mode = \"raft\"".into(),
         ));
@@ -466,6 +468,7 @@ async fn lease_listener(
         node.raft.clone(),
         Arc::clone(&node.lease),
         parts.client.clone(),
+        Arc::clone(peers),
     );
     service.spawn_expiry(stop.clone());
     let listener = bind("lease.listen", addr).await?;
@@ -495,7 +498,12 @@ async fn lease_listener(
         })?;
         let listener = bind("lease.relay_listen", addr).await?;
         tracing::info!(relay = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), litefs_port = config.lease.litefs_port, "LiteFS stream relay up");
-        let relay = Arc::new(Relay::new(config, Arc::clone(&node.lease), caps.admin));
+        let relay = Arc::new(Relay::new(
+            config,
+            Arc::clone(&node.lease),
+            Arc::clone(peers),
+            caps.admin,
+        ));
         tokio::spawn(relay.serve(listener, stop.clone()));
     }
     Ok(Some(service))

@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 
 use crate::cluster::membership;
 use crate::primary::raft_membership::{MemberChange, NewMember};
-use crate::primary::PrimarySource;
 use crate::proxy::body::{self, ProxyBody};
 
 use super::AdminState;
@@ -28,7 +27,8 @@ pub fn is_change(req: &Request<Incoming>) -> bool {
 
 /// Answers an authorized membership change.
 pub async fn change(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (PrimarySource::Raft(leadership), Some(cluster)) = (&*state.source, &state.cluster) else {
+    // `source.raft()`: raft mode with or without `[lease]`.
+    let (Some(leadership), Some(cluster)) = (state.source.raft(), &state.cluster) else {
         return body::text_response(
             StatusCode::CONFLICT,
             "membership changes need primary.mode = \"raft\"; in other modes the members are cluster.peers\n",

@@ -152,7 +152,8 @@ impl ClusterService {
     }
 
     async fn member_change(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let PrimarySource::Raft(leadership) = &*self.source else {
+        // `source.raft()`: raft mode with or without `[lease]`.
+        let Some(leadership) = self.source.raft() else {
             return body::text_response(
                 StatusCode::NOT_FOUND,
                 "this node is not in raft mode: check primary.mode on every node\n",

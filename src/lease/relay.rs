@@ -13,7 +13,6 @@
 //! The relay is plain TCP: LiteFS's other calls to the advertise URL
 //! (`/handoff`, `/tx`, `/info`, ...) pass through it unchanged.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::machine::LeaseMachine;
+use crate::cluster::peers::PeerTable;
 use crate::config::Config;
 use crate::log_limit::{self, LogLimit};
 use crate::shutdown::Shutdown;
@@ -39,43 +39,78 @@ type HeldBy = (u64, String);
 pub struct Relay {
     machine: Arc<LeaseMachine>,
     key: String,
-    /// `host:port` of each node's LiteFS API, this node's included.
-    litefs_addrs: BTreeMap<u64, String>,
+    litefs_addrs: LitefsAddrs,
     connect_timeout: Duration,
     slots: Arc<Semaphore>,
 }
 
-impl Relay {
-    /// Peers' LiteFS at their cluster host and `lease.litefs_port`; this
-    /// node's at `litefs.api`, which may be loopback-only.
-    pub fn new(config: &Config, machine: Arc<LeaseMachine>, max_connections: usize) -> Self {
-        let me = config.node.id.unwrap_or_default();
-        let mut litefs_addrs: BTreeMap<u64, String> = config
-            .cluster
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    join_host_port(cluster_host(&p.cluster), config.lease.litefs_port),
-                )
-            })
-            .collect();
-        if let Some(own) = api_authority(&config.litefs.api) {
-            litefs_addrs.insert(me, own);
+/// Where each node's LiteFS API listens.
+enum LitefsAddrs {
+    /// Peers' LiteFS at their cluster host and `lease.litefs_port`, looked
+    /// up when a connection comes (the table follows the Raft membership,
+    /// so a node added with `litegate member add` is found); this node's
+    /// at `litefs.api`, which may be loopback-only.
+    Peers {
+        table: Arc<PeerTable>,
+        me: u64,
+        own: Option<String>,
+        litefs_port: u16,
+    },
+    /// Fixed addresses, for tests that stand LiteFS in with echo servers.
+    #[cfg(test)]
+    Fixed(std::collections::BTreeMap<u64, String>),
+}
+
+impl LitefsAddrs {
+    fn of(&self, node: u64) -> Option<String> {
+        match self {
+            Self::Peers { me, own, .. } if node == *me => own.clone(),
+            Self::Peers {
+                table, litefs_port, ..
+            } => table
+                .by_id(node)
+                .map(|peer| join_host_port(cluster_host(&peer.cluster), *litefs_port)),
+            #[cfg(test)]
+            Self::Fixed(addrs) => addrs.get(&node).cloned(),
         }
-        Self::with_addrs(
+    }
+}
+
+impl Relay {
+    pub fn new(
+        config: &Config,
+        machine: Arc<LeaseMachine>,
+        peers: Arc<PeerTable>,
+        max_connections: usize,
+    ) -> Self {
+        let addrs = LitefsAddrs::Peers {
+            table: peers,
+            me: config.node.id.unwrap_or_default(),
+            own: api_authority(&config.litefs.api),
+            litefs_port: config.lease.litefs_port,
+        };
+        Self::with(machine, config.lease.key.clone(), addrs, max_connections)
+    }
+
+    #[cfg(test)]
+    fn with_addrs(
+        machine: Arc<LeaseMachine>,
+        key: String,
+        litefs_addrs: std::collections::BTreeMap<u64, String>,
+        max_connections: usize,
+    ) -> Self {
+        Self::with(
             machine,
-            config.lease.key.clone(),
-            litefs_addrs,
+            key,
+            LitefsAddrs::Fixed(litefs_addrs),
             max_connections,
         )
     }
 
-    pub fn with_addrs(
+    fn with(
         machine: Arc<LeaseMachine>,
         key: String,
-        litefs_addrs: BTreeMap<u64, String>,
+        litefs_addrs: LitefsAddrs,
         max_connections: usize,
     ) -> Self {
         Self {
@@ -136,13 +171,13 @@ impl Relay {
             // Nobody holds the lease: closing makes LiteFS consult it.
             return;
         };
-        let Some(addr) = self.litefs_addrs.get(&held.0) else {
+        let Some(addr) = self.litefs_addrs.of(held.0) else {
             static UNKNOWN: LogLimit = LogLimit::new(log_limit::EVERY);
             if let Some(suppressed) = UNKNOWN.allow("unknown") {
                 tracing::warn!(
                     node = held.0,
                     suppressed,
-                    "lease relay: the lease holder is not in cluster.peers; closing"
+                    "lease relay: the lease holder is neither in cluster.peers nor in the Raft membership; closing"
                 );
             }
             return;
@@ -153,14 +188,14 @@ impl Relay {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {
                 static REFUSED: LogLimit = LogLimit::new(log_limit::EVERY);
-                if let Some(suppressed) = REFUSED.allow(addr) {
+                if let Some(suppressed) = REFUSED.allow(&addr) {
                     tracing::warn!(%addr, %error, suppressed, "lease relay: cannot reach the lease holder's LiteFS; closing");
                 }
                 return;
             }
             Err(_) => {
                 static SILENT: LogLimit = LogLimit::new(log_limit::EVERY);
-                if let Some(suppressed) = SILENT.allow(addr) {
+                if let Some(suppressed) = SILENT.allow(&addr) {
                     tracing::warn!(%addr, timeout = ?self.connect_timeout, suppressed, "lease relay: the lease holder's LiteFS did not accept in time; closing");
                 }
                 return;
@@ -226,6 +261,8 @@ fn api_authority(api: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -440,5 +477,55 @@ mod tests {
             Some("localhost:80")
         );
         assert_eq!(api_authority("not a url"), None);
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    use super::*;
+    use crate::cluster::raft::member::MemberNode;
+    use crate::config::Peer;
+
+    fn peer(id: u64, name: &str, cluster: &str) -> Peer {
+        Peer {
+            id,
+            name: name.into(),
+            cluster: cluster.into(),
+            public_url: format!("http://127.0.0.1:{}", 8000 + id),
+            witness: false,
+        }
+    }
+
+    #[test]
+    fn a_node_added_at_runtime_is_found_at_its_cluster_host_and_this_node_at_its_api() {
+        let table = Arc::new(PeerTable::new(
+            "n1",
+            &[
+                peer(1, "n1", "10.0.0.1:7001"),
+                peer(2, "n2", "10.0.0.2:7001"),
+            ],
+        ));
+        let addrs = LitefsAddrs::Peers {
+            table: Arc::clone(&table),
+            me: 1,
+            own: Some("127.0.0.1:20202".into()),
+            litefs_port: 20202,
+        };
+        assert_eq!(addrs.of(4), None);
+        // `litegate member add` puts node 4 in the Raft membership, which
+        // the table follows; no config on this node names it.
+        let members = [
+            MemberNode::from(&peer(1, "n1", "10.0.0.1:7001")),
+            MemberNode::from(&peer(2, "n2", "10.0.0.2:7001")),
+            MemberNode::from(&peer(4, "n4", "[fd00::4]:7001")),
+        ];
+        table.follow_membership([
+            (1, &members[0], true),
+            (2, &members[1], true),
+            (4, &members[2], true),
+        ]);
+        assert_eq!(addrs.of(4).as_deref(), Some("[fd00::4]:20202"));
+        assert_eq!(addrs.of(2).as_deref(), Some("10.0.0.2:20202"));
+        assert_eq!(addrs.of(1).as_deref(), Some("127.0.0.1:20202"));
     }
 }

@@ -9,7 +9,7 @@
 //! session's timer afresh, so it waits a whole TTL before it expires a
 //! session whose renewals went to its predecessor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,6 +26,7 @@ use super::consul::{self, Answer, Op};
 use super::machine::LeaseMachine;
 use super::state::{LeaseCommand, Session};
 use crate::cluster::client::PeerClient;
+use crate::cluster::peers::PeerTable;
 use crate::cluster::raft::{Command, LitegateRaft};
 use crate::config::Config;
 use crate::litefs::api as litefs_api;
@@ -82,8 +83,9 @@ pub struct LeaseService {
     me: u64,
     machine: Arc<LeaseMachine>,
     client: PeerClient,
-    cluster_addrs: BTreeMap<u64, String>,
-    names: BTreeMap<u64, String>,
+    /// The one peer table: in raft mode it follows the membership in the
+    /// Raft log, so a node added with `litegate member add` is found.
+    peers: Arc<PeerTable>,
     /// LiteFS's key (`lease.key`): whose lock is the database's primary.
     key: String,
     timers: Mutex<Timers>,
@@ -111,15 +113,14 @@ impl LeaseService {
         raft: LitegateRaft,
         machine: Arc<LeaseMachine>,
         client: PeerClient,
+        peers: Arc<PeerTable>,
     ) -> Arc<Self> {
-        let peers = &config.cluster.peers;
         Arc::new(Self {
             raft,
             me: config.node.id.unwrap_or_default(),
             machine,
             client,
-            cluster_addrs: peers.iter().map(|p| (p.id, p.cluster.clone())).collect(),
-            names: peers.iter().map(|p| (p.id, p.name.clone())).collect(),
+            peers,
             key: config.lease.key.clone(),
             timers: Mutex::new(Timers::default()),
             session_seq: AtomicU64::new(0),
@@ -237,12 +238,13 @@ impl LeaseService {
         origin: u64,
         deadline: Instant,
     ) -> Answer {
-        let Some(addr) = self.cluster_addrs.get(&leader) else {
+        let Some(leader_peer) = self.peers.by_id(leader) else {
             return Answer::error(
                 500,
-                format!("the Raft leader (node {leader}) is not in cluster.peers"),
+                format!("the Raft leader (node {leader}) is neither in cluster.peers nor in the Raft membership"),
             );
         };
+        let addr = &leader_peer.cluster;
         let call = Forwarded {
             method: method.to_owned(),
             path: path.to_owned(),
@@ -509,10 +511,10 @@ impl LeaseService {
         path: &str,
         timeout: Duration,
     ) -> Result<(), String> {
-        let addr = self
-            .cluster_addrs
-            .get(&node)
-            .ok_or_else(|| format!("node {node} is not in cluster.peers"))?;
+        let peer = self.peers.by_id(node).ok_or_else(|| {
+            format!("node {node} is neither in cluster.peers nor in the Raft membership")
+        })?;
+        let addr = &peer.cluster;
         match self
             .client
             .call(addr, Method::POST, path, &[], Vec::new(), timeout)
@@ -651,7 +653,7 @@ impl LeaseService {
         json!({
             "key": self.key,
             "holder": holder.as_ref().map(|h| json!({
-                "node": self.names.get(&h.node),
+                "node": self.peers.by_id(h.node).map(|p| p.name),
                 "session": h.session,
                 "lock_index": h.lock_index,
                 "ttl_ms": u64::try_from(h.ttl.as_millis()).unwrap_or(u64::MAX),
@@ -730,8 +732,14 @@ mod tests {
             .state(ServerState::Leader, "one node elects itself")
             .await
             .unwrap();
-        let service =
-            LeaseService::new(&config, node.raft.clone(), Arc::clone(&node.lease), client);
+        let peers = Arc::new(PeerTable::new("n1", &config.cluster.peers));
+        let service = LeaseService::new(
+            &config,
+            node.raft.clone(),
+            Arc::clone(&node.lease),
+            client,
+            peers,
+        );
         let (trigger, stop) = crate::shutdown::channel();
         service.spawn_expiry(stop.clone());
         OneNode {

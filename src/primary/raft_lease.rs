@@ -17,7 +17,6 @@
 //! a handoff re-acquires with the old session, and the lock index starts
 //! again at 1 after `Behavior=delete`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,6 @@ pub struct RaftLease {
     machine: Arc<LeaseMachine>,
     key: String,
     me: u64,
-    names: BTreeMap<u64, Arc<str>>,
     cell: Arc<PrimaryCell>,
     takeover_timeout: Duration,
     /// Whether this node's LiteFS says it is primary (`/events`), where
@@ -64,17 +62,20 @@ impl RaftLease {
             machine,
             key: config.lease.key.clone(),
             me: config.node.id.unwrap_or_default(),
-            names: config
-                .cluster
-                .peers
-                .iter()
-                .map(|p| (p.id, Arc::from(p.name.as_str())))
-                .collect(),
             cell: PrimaryCell::new(PrimaryState::unknown()),
             takeover_timeout: config.lease.takeover_timeout.get(),
             litefs_primary: tokio::sync::watch::Sender::new(None),
             follows_litefs: !config.litefs.mount.is_empty(),
         })
+    }
+
+    /// A node's name in the peer table, which follows the Raft
+    /// membership: a holder added with `litegate member add` has one too.
+    fn name_of(&self, node: u64) -> Option<Arc<str>> {
+        self.leadership
+            .peers()
+            .by_id(node)
+            .map(|peer| Arc::from(peer.name.as_str()))
     }
 
     pub fn leadership(&self) -> &Arc<RaftLeadership> {
@@ -122,14 +123,14 @@ impl RaftLease {
                 PrimaryState {
                     role: Role::Primary,
                     term: raft.term,
-                    primary: self.names.get(&self.me).cloned(),
+                    primary: self.name_of(self.me),
                     lease_deadline: raft.lease_deadline,
                 }
             }
             Some(node) if node != self.me => PrimaryState {
                 role: Role::Replica,
                 term: raft.term,
-                primary: self.names.get(&node).cloned(),
+                primary: self.name_of(node),
                 lease_deadline: None,
             },
             // Held here while this node does not lead (it just lost the
