@@ -223,9 +223,11 @@ def test_the_holder_takes_writes_only_once_its_litefs_says_it_is_primary(procs, 
 
 
 def test_a_node_added_at_runtime_can_lead_and_hold_the_lease(procs, upstream):
-    """The lease, its forwarding and the primary's name follow the Raft
-    membership, not `cluster.peers`: node-4 is in no other node's config.
-    Before, a lease call to node-1 while node-4 led was answered 500 ("not
+    """Membership changes work with `[lease]`, and the lease, its
+    forwarding and the primary's name follow the Raft membership, not
+    `cluster.peers`: node-4 is in no other node's config. Before, `member
+    add` was refused (409: "need primary.mode = raft"); with that fixed
+    alone, a lease call to node-1 while node-4 led was answered 500 ("not
     in cluster.peers"), and with node-4 holding the lease the others named
     no primary, so their writes could not be forwarded."""
     nodes, lease_ports = lease_cluster(procs, upstream)
