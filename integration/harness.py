@@ -158,7 +158,10 @@ class Node:
         self.admin = f"http://127.0.0.1:{admin_port}"
 
     def metrics(self) -> str:
-        return httpx.get(f"{self.admin}/metrics", timeout=5).text
+        """/metrics from the admin listener (a cluster node's: on its
+        namespace's loopback, where it has one)."""
+        return run_in_netns(getattr(self, "netns", None),
+                            lambda: httpx.get(f"{self.admin}/metrics", timeout=5).text)
 
     def metric(self, line_prefix: str) -> float:
         """The value of the first sample whose line starts with line_prefix."""

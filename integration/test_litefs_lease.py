@@ -84,11 +84,20 @@ def test_sigkill_of_the_primary_node_hands_the_database_to_a_survivor(lease_clus
                    what=f"both writes on {n.name}")
 
 
-def test_graceful_handoff_fails_no_write(lease_cluster):
+STREAMS = "litegate_lease_relay_streams"
+HOLDER_CHANGED = 'litegate_lease_relay_closed_total{reason="holder-changed"}'
+
+
+def test_graceful_handoff_fails_no_write(lease_cluster, request):
     nodes = lease_cluster
+    relay = request.node.callspec.params["lease_cluster"]
     [primary] = primaries(nodes)
     old = next(n for n in nodes if n.name == primary)
     target = next(n for n in nodes if n is not old)
+    if relay:
+        # Each replica's LiteFS streams from the holder through its relay.
+        wait_until(lambda: all(n.gate.metric(STREAMS) >= 1 for n in nodes if n is not old), timeout=15,
+                   what="a relayed stream on every replica")
     results: list[tuple[str, int]] = []
     stop = threading.Event()
 
@@ -119,6 +128,13 @@ def test_graceful_handoff_fails_no_write(lease_cluster):
         # at its next renew and the target acquiring with a new session.
         holder = target.gate.status()["lease"]["holder"]
         assert (holder["node"], holder["session"]) == (target.name, session), holder
+        if relay:
+            # The relays dropped their streams from the old holder, and the
+            # old holder's LiteFS, a replica now, streams from the target.
+            wait_until(lambda: all(n.gate.metric(HOLDER_CHANGED) >= 1 for n in nodes if n is not old), timeout=15,
+                       what="the replicas' relays to close their streams from the old holder")
+            wait_until(lambda: old.gate.metric(STREAMS) >= 1, timeout=15,
+                       what="the old holder's LiteFS to stream from the target through its relay")
         time.sleep(1)
     finally:
         stop.set()

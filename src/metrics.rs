@@ -41,6 +41,8 @@ pub const RAFT_LAST_QUORUM_ACK_SECONDS: &str = "litegate_raft_last_quorum_ack_se
 pub const LEASE_HELD: &str = "litegate_lease_held";
 pub const LEASE_LOCK_INDEX: &str = "litegate_lease_lock_index";
 pub const LEASE_SESSIONS: &str = "litegate_lease_sessions";
+pub const LEASE_RELAY_STREAMS: &str = "litegate_lease_relay_streams";
+pub const LEASE_RELAY_CLOSED_TOTAL: &str = "litegate_lease_relay_closed_total";
 pub const RAFT_PEER_ACK_SECONDS: &str = "litegate_raft_peer_ack_seconds";
 pub const LITEFS_API_UP: &str = "litegate_litefs_api_up";
 pub const REPLICATION_LAG_SECONDS: &str = "litegate_replication_lag_seconds";
@@ -305,6 +307,14 @@ fn describe() {
         "Live lease sessions in litegate's Raft state."
     );
     describe_gauge!(
+        LEASE_RELAY_STREAMS,
+        "Connections the stream relay (lease.relay_listen) is carrying to the lease holder's LiteFS now."
+    );
+    describe_counter!(
+        LEASE_RELAY_CLOSED_TOTAL,
+        "Connections the stream relay closed, by reason: no-holder, holder-unknown, holder-unreachable, holder-changed, closed (by LiteFS), shutdown."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
     );
@@ -527,6 +537,35 @@ pub fn set_lease_gauges(held_here: bool, lock_index: u64, sessions: usize) {
     gauge!(LEASE_HELD).set(if held_here { 1.0 } else { 0.0 });
     gauge!(LEASE_LOCK_INDEX).set(lock_index as f64);
     gauge!(LEASE_SESSIONS).set(sessions as f64);
+}
+
+/// The stream relay's series, made at zero when it starts.
+pub fn relay_configured(reasons: &[&'static str]) {
+    gauge!(LEASE_RELAY_STREAMS).set(0.0);
+    for reason in reasons {
+        counter!(LEASE_RELAY_CLOSED_TOTAL, "reason" => *reason).absolute(0);
+    }
+}
+
+pub fn relay_closed(reason: &'static str) {
+    counter!(LEASE_RELAY_CLOSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts one relayed stream in `lease_relay_streams` while it lives.
+#[derive(Debug)]
+pub struct RelayStream(());
+
+impl RelayStream {
+    pub fn open() -> Self {
+        gauge!(LEASE_RELAY_STREAMS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for RelayStream {
+    fn drop(&mut self) {
+        gauge!(LEASE_RELAY_STREAMS).decrement(1.0);
+    }
 }
 
 pub fn record_forward(elapsed: Duration) {

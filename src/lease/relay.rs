@@ -24,12 +24,52 @@ use super::machine::LeaseMachine;
 use crate::cluster::peers::PeerTable;
 use crate::config::Config;
 use crate::log_limit::{self, LogLimit};
+use crate::metrics;
 use crate::shutdown::Shutdown;
 
 /// A LiteFS that does not accept within this is treated as down: the
 /// replica retries after its own reconnect delay (1 s) and finds the
 /// holder afresh.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the relay closed a connection: the `reason` of
+/// `lease_relay_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Nobody holds the key: closing sends LiteFS back to the lease.
+    NoHolder,
+    /// The holder is in neither `cluster.peers` nor the membership.
+    HolderUnknown,
+    /// The holder's LiteFS refused or did not accept within the timeout.
+    HolderUnreachable,
+    /// Another node took the key while the stream ran.
+    HolderChanged,
+    /// LiteFS on either side closed the connection.
+    Closed,
+    Shutdown,
+}
+
+impl Ended {
+    const ALL: [Ended; 6] = [
+        Ended::NoHolder,
+        Ended::HolderUnknown,
+        Ended::HolderUnreachable,
+        Ended::HolderChanged,
+        Ended::Closed,
+        Ended::Shutdown,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Ended::NoHolder => "no-holder",
+            Ended::HolderUnknown => "holder-unknown",
+            Ended::HolderUnreachable => "holder-unreachable",
+            Ended::HolderChanged => "holder-changed",
+            Ended::Closed => "closed",
+            Ended::Shutdown => "shutdown",
+        }
+    }
+}
 
 /// Who holds LiteFS's key, as far as this relay cares: the node whose
 /// LiteFS acquired it and the session it holds it with. A handoff keeps
@@ -83,6 +123,7 @@ impl Relay {
         peers: Arc<PeerTable>,
         max_connections: usize,
     ) -> Self {
+        metrics::relay_configured(&Ended::ALL.map(Ended::as_str));
         let addrs = LitefsAddrs::Peers {
             table: peers,
             me: config.node.id.unwrap_or_default(),
@@ -155,7 +196,8 @@ impl Relay {
             let relay = Arc::clone(&self);
             let stop = stop.clone();
             tokio::spawn(async move {
-                relay.relay(client, stop).await;
+                let ended = relay.relay(client, stop).await;
+                metrics::relay_closed(ended.as_str());
                 drop(slot);
             });
         }
@@ -164,12 +206,12 @@ impl Relay {
     /// One client connection: to the holder's LiteFS, both ways, until
     /// either side closes, the holder changes, or shutdown. Returning drops
     /// both sockets, which is the whole signal LiteFS needs.
-    async fn relay(&self, mut client: TcpStream, mut stop: Shutdown) {
+    async fn relay(&self, mut client: TcpStream, mut stop: Shutdown) -> Ended {
         // Subscribed before the holder is read, so no change slips between.
         let mut changes = self.machine.subscribe();
         let Some(held) = self.held_by() else {
             // Nobody holds the lease: closing makes LiteFS consult it.
-            return;
+            return Ended::NoHolder;
         };
         let Some(addr) = self.litefs_addrs.of(held.0) else {
             static UNKNOWN: LogLimit = LogLimit::new(log_limit::EVERY);
@@ -180,7 +222,7 @@ impl Relay {
                     "lease relay: the lease holder is neither in cluster.peers nor in the Raft membership; closing"
                 );
             }
-            return;
+            return Ended::HolderUnknown;
         };
         let connected =
             tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr.as_str())).await;
@@ -191,25 +233,27 @@ impl Relay {
                 if let Some(suppressed) = REFUSED.allow(&addr) {
                     tracing::warn!(%addr, %error, suppressed, "lease relay: cannot reach the lease holder's LiteFS; closing");
                 }
-                return;
+                return Ended::HolderUnreachable;
             }
             Err(_) => {
                 static SILENT: LogLimit = LogLimit::new(log_limit::EVERY);
                 if let Some(suppressed) = SILENT.allow(&addr) {
                     tracing::warn!(%addr, timeout = ?self.connect_timeout, suppressed, "lease relay: the lease holder's LiteFS did not accept in time; closing");
                 }
-                return;
+                return Ended::HolderUnreachable;
             }
         };
         // LiteFS's stream carries small frames that should not wait.
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
+        let _streaming = metrics::RelayStream::open();
         tokio::select! {
-            _ = copy_bidirectional(&mut client, &mut upstream) => {}
+            _ = copy_bidirectional(&mut client, &mut upstream) => Ended::Closed,
             () = self.holder_moves_from(&held, &mut changes) => {
                 tracing::debug!(node = held.0, "lease relay: the lease holder changed; dropping a relayed connection");
+                Ended::HolderChanged
             }
-            () = stop.begun() => {}
+            () = stop.begun() => Ended::Shutdown,
         }
     }
 
