@@ -375,6 +375,12 @@ mod tests {
             self.index += 1;
             assert!(self.machine.apply(command, self.index));
         }
+
+        /// Node `node`'s LiteFS makes session `id` and takes the key with it.
+        fn hold(&mut self, id: &str, node: u64) {
+            self.apply(session(id, node));
+            self.apply(acquire(id, node));
+        }
     }
 
     /// Nodes 1 and 2, each with its fake LiteFS, and a relay over a lease
@@ -417,8 +423,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_reaches_the_holders_litefs() {
         let mut s = setup(8).await;
-        s.apply(session("s2", 2));
-        s.apply(acquire("s2", 2));
+        s.hold("s2", 2);
         let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
         assert_eq!(round_trip(&mut conn, "ping").await, b"n2:ping");
         assert_eq!(round_trip(&mut conn, "again").await, b"n2:again");
@@ -434,16 +439,14 @@ mod tests {
     #[tokio::test]
     async fn a_holder_change_drops_the_relayed_connection() {
         let mut s = setup(8).await;
-        s.apply(session("s1", 1));
-        s.apply(acquire("s1", 1));
+        s.hold("s1", 1);
         let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
         assert_eq!(round_trip(&mut conn, "a").await, b"n1:a");
         // An expiry: the session ends and the key is free.
         s.apply(LeaseCommand::DestroySession { id: "s1".into() });
         assert_eq!(read_some(&mut conn).await, b"", "expected end of stream");
         // The next connection follows the new holder.
-        s.apply(session("s2", 2));
-        s.apply(acquire("s2", 2));
+        s.hold("s2", 2);
         let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
         assert_eq!(round_trip(&mut conn, "b").await, b"n2:b");
     }
@@ -451,8 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_handoff_keeping_the_session_drops_the_relayed_connection() {
         let mut s = setup(8).await;
-        s.apply(session("s1", 1));
-        s.apply(acquire("s1", 1));
+        s.hold("s1", 1);
         let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
         assert_eq!(round_trip(&mut conn, "a").await, b"n1:a");
         // LiteFS's handoff: node 2's LiteFS re-acquires with the holder's
@@ -473,8 +475,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_that_keeps_the_holder_keeps_the_connection() {
         let mut s = setup(8).await;
-        s.apply(session("s1", 1));
-        s.apply(acquire("s1", 1));
+        s.hold("s1", 1);
         let mut conn = TcpStream::connect(s.relay_addr).await.unwrap();
         assert_eq!(round_trip(&mut conn, "a").await, b"n1:a");
         // Another session appearing changes the machine, not the holder.
@@ -485,8 +486,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_cap_a_connection_is_closed() {
         let mut s = setup(1).await;
-        s.apply(session("s1", 1));
-        s.apply(acquire("s1", 1));
+        s.hold("s1", 1);
         let mut first = TcpStream::connect(s.relay_addr).await.unwrap();
         assert_eq!(round_trip(&mut first, "a").await, b"n1:a");
         let mut second = TcpStream::connect(s.relay_addr).await.unwrap();

@@ -485,6 +485,13 @@ mod tests {
         (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 
+    /// Two reads, both answered 200: the first goes over the pool's
+    /// connection, the second over the client connection's own.
+    async fn read_twice(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
+        assert_eq!(get(sender).await.0, StatusCode::OK);
+        assert_eq!(get(sender).await.0, StatusCode::OK);
+    }
+
     /// Waits (bounded) until `count` reaches `want`; its value at the end.
     async fn settle(count: &AtomicUsize, want: usize) -> usize {
         for _ in 0..500 {
@@ -536,9 +543,7 @@ mod tests {
         let app = app(AfterAnswer::KeepAlive).await;
         let (addr, _stop) = proxy(&app, 16).await;
         let mut client = http1_client(addr).await;
-        // The pool's connection, then the client connection's own.
-        assert_eq!(get(&mut client).await.0, StatusCode::OK);
-        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        read_twice(&mut client).await;
         assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(app.closed.load(Ordering::SeqCst), 0);
         drop(client);
@@ -551,16 +556,14 @@ mod tests {
         let app = app(AfterAnswer::KeepAlive).await;
         let (addr, _stop) = proxy(&app, 16).await;
         let mut client = http1_client(addr).await;
-        assert_eq!(get(&mut client).await.0, StatusCode::OK);
-        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        read_twice(&mut client).await;
         assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
         // The client stays connected and sends nothing: its own app
         // connection closes after `AFFINITY_IDLE` (the pool's stays, for
         // `upstream.pool_idle_timeout`).
         assert_eq!(settle(&app.closed, 1).await, 1);
         // The next reads open a new one.
-        assert_eq!(get(&mut client).await.0, StatusCode::OK);
-        assert_eq!(get(&mut client).await.0, StatusCode::OK);
+        read_twice(&mut client).await;
         assert_eq!(app.accepted.load(Ordering::SeqCst), 3);
     }
 
@@ -569,13 +572,11 @@ mod tests {
         let app = app(AfterAnswer::KeepAlive).await;
         let (addr, _stop) = proxy(&app, 1).await;
         let mut holder = http1_client(addr).await;
-        assert_eq!(get(&mut holder).await.0, StatusCode::OK);
-        assert_eq!(get(&mut holder).await.0, StatusCode::OK);
+        read_twice(&mut holder).await;
         let mut others = Vec::new();
         for _ in 0..3 {
             let mut client = http1_client(addr).await;
-            assert_eq!(get(&mut client).await.0, StatusCode::OK);
-            assert_eq!(get(&mut client).await.0, StatusCode::OK);
+            read_twice(&mut client).await;
             others.push(client);
         }
         // The holder's own connection and the pool's one, reused in turn.
